@@ -1,0 +1,195 @@
+//! Metadata: the single source of truth for what exists in the registry.
+//!
+//! Repositories, which blobs each repository may see, manifests with the references they hold,
+//! tags, and upload sessions. Listing and existence checks are always answered here, never by
+//! walking blob storage. [`MetadataStore`] is the seam; [`SqlStore`] implements it for SQLite
+//! (the embedded default) and PostgreSQL with one set of queries.
+
+pub mod sql;
+
+use async_trait::async_trait;
+
+pub use sql::SqlStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(String),
+    #[error("invalid metadata configuration: {0}")]
+    Config(String),
+}
+
+pub type Result<T, E = MetadataError> = std::result::Result<T, E>;
+
+/// A committed blob as the metadata store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRecord {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// An upload session. `hash_state` lets any replica continue hashing where the last chunk ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRecord {
+    pub id: String,
+    pub repository_id: i64,
+    pub size: u64,
+    pub hash_algorithm: String,
+    pub hash_state: Vec<u8>,
+    pub backend_state: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A manifest to store, with what it references.
+#[derive(Debug, Clone)]
+pub struct NewManifest {
+    pub repository_id: i64,
+    pub digest: String,
+    pub media_type: String,
+    pub payload: Vec<u8>,
+    /// Effective artifact type for the referrers API (see `kura_oci::ParsedManifest`).
+    pub artifact_type: Option<String>,
+    pub subject_digest: Option<String>,
+    /// The manifest's `annotations` object, as JSON text.
+    pub annotations: Option<String>,
+    /// Blobs that must be linked to the repository.
+    pub blob_refs: Vec<String>,
+    /// Manifests that must exist in the repository.
+    pub manifest_refs: Vec<String>,
+    /// Tag to point at the manifest, if pushed by tag.
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutManifestOutcome {
+    Stored,
+    /// Nothing was written: these references are not in the repository.
+    MissingReferences(Vec<String>),
+}
+
+/// A stored manifest (payload included only when asked for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRecord {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// One entry of the referrers list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferrerRecord {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    pub annotations: Option<String>,
+}
+
+/// What a manifest delete removed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeletedManifest {
+    pub tags: Vec<String>,
+}
+
+/// The pluggable metadata backend.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Backend name for logs and readiness (`sqlite`, `postgres`).
+    fn kind(&self) -> &'static str;
+
+    /// Cheap round trip for readiness checks.
+    async fn ping(&self) -> Result<()>;
+
+    // --- repositories -------------------------------------------------------------------
+    /// Returns the id of `name`, creating the repository if needed.
+    async fn ensure_repository(&self, name: &str) -> Result<i64>;
+    async fn repository_id(&self, name: &str) -> Result<Option<i64>>;
+    /// Repositories holding any content, after `last`, sorted bytewise, at most `limit`.
+    async fn list_repositories(&self, last: Option<&str>, limit: u32) -> Result<Vec<String>>;
+
+    // --- blobs ---------------------------------------------------------------------------
+    /// The blob if it is linked to the repository.
+    async fn repository_blob(&self, repository_id: i64, digest: &str)
+    -> Result<Option<BlobRecord>>;
+    /// Links an already stored blob to a repository; false when the blob is unknown.
+    async fn link_blob(&self, repository_id: i64, digest: &str) -> Result<bool>;
+    /// Removes a repository's link to a blob; false when there was none.
+    async fn unlink_blob(&self, repository_id: i64, digest: &str) -> Result<bool>;
+    /// Records a committed blob, links it to the repository and ends the upload session, in
+    /// one transaction.
+    async fn commit_blob(
+        &self,
+        repository_id: i64,
+        digest: &str,
+        size: u64,
+        upload_id: &str,
+    ) -> Result<()>;
+
+    // --- uploads -------------------------------------------------------------------------
+    async fn create_upload(&self, upload: &UploadRecord) -> Result<()>;
+    async fn upload(&self, id: &str) -> Result<Option<UploadRecord>>;
+    /// Moves an upload forward if it is still at `expected_size` (compare-and-set, so two
+    /// writers can never both advance it); false when it was not.
+    async fn advance_upload(
+        &self,
+        id: &str,
+        expected_size: u64,
+        new_size: u64,
+        hash_state: &[u8],
+        backend_state: &str,
+    ) -> Result<bool>;
+    async fn delete_upload(&self, id: &str) -> Result<bool>;
+    /// Uploads not touched since `updated_before` (epoch ms), oldest first.
+    async fn stale_uploads(&self, updated_before: i64, limit: u32) -> Result<Vec<UploadRecord>>;
+
+    // --- manifests and tags --------------------------------------------------------------
+    /// Stores a manifest (idempotent), its references and optional tag, after checking in the
+    /// same transaction that every reference is present.
+    async fn put_manifest(&self, manifest: &NewManifest) -> Result<PutManifestOutcome>;
+    async fn manifest_by_digest(
+        &self,
+        repository_id: i64,
+        digest: &str,
+        with_payload: bool,
+    ) -> Result<Option<ManifestRecord>>;
+    async fn manifest_by_tag(
+        &self,
+        repository_id: i64,
+        tag: &str,
+        with_payload: bool,
+    ) -> Result<Option<ManifestRecord>>;
+    /// Deletes a tag only; false when absent.
+    async fn delete_tag(&self, repository_id: i64, tag: &str) -> Result<bool>;
+    /// Deletes a manifest and every tag pointing at it; `None` when absent.
+    async fn delete_manifest(
+        &self,
+        repository_id: i64,
+        digest: &str,
+    ) -> Result<Option<DeletedManifest>>;
+    /// Tags after `last`, sorted bytewise, at most `limit`.
+    async fn list_tags(
+        &self,
+        repository_id: i64,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>>;
+    /// Manifests in the repository whose subject is `subject`, optionally filtered.
+    async fn referrers(
+        &self,
+        repository_id: i64,
+        subject: &str,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<ReferrerRecord>>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

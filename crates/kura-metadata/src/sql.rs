@@ -1,0 +1,883 @@
+//! [`MetadataStore`] over SQL: SQLite (embedded default) and PostgreSQL, one set of queries.
+//!
+//! Queries are written once in SQL both engines accept (`$n` placeholders, `ON CONFLICT`,
+//! `RETURNING`) and expanded per backend by the [`with_pool!`] macro, which keeps native driver
+//! types and per-backend connection options. DDL differs slightly, so each backend has its own
+//! migration files; both are embedded in the binary and applied at start.
+//!
+//! SQLite gets a dedicated single-connection write pool: writes are serialized in-process, so a
+//! transaction never fails on SQLite's lock upgrade, while reads run in parallel under WAL.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::{
+    BlobRecord, DeletedManifest, ManifestRecord, MetadataError, MetadataStore, NewManifest,
+    PutManifestOutcome, ReferrerRecord, Result, UploadRecord, now_ms,
+};
+
+/// Embedded migrations: (version, name, sqlite DDL, postgres DDL). Append only.
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
+    1,
+    "core",
+    include_str!("migrations/sqlite/0001_core.sql"),
+    include_str!("migrations/postgres/0001_core.sql"),
+)];
+
+/// Key of the PostgreSQL advisory lock that serializes migrations across replicas.
+const MIGRATION_LOCK_KEY: i64 = 0x6b75_7261_6d69_6772; // "kuramigr"
+
+enum Pools {
+    Sqlite { read: SqlitePool, write: SqlitePool },
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$p` bound to the pool for reads.
+macro_rules! with_read {
+    ($self:expr, |$p:ident| $body:expr) => {
+        match &$self.pools {
+            Pools::Sqlite { read, .. } => {
+                let $p = read;
+                $body
+            }
+            Pools::Postgres(pg) => {
+                let $p = pg;
+                $body
+            }
+        }
+    };
+}
+
+/// Runs `$body` with `$p` bound to the pool for writes.
+macro_rules! with_write {
+    ($self:expr, |$p:ident| $body:expr) => {
+        match &$self.pools {
+            Pools::Sqlite { write, .. } => {
+                let $p = write;
+                $body
+            }
+            Pools::Postgres(pg) => {
+                let $p = pg;
+                $body
+            }
+        }
+    };
+}
+
+/// Tuning for [`SqlStore::connect`].
+#[derive(Debug, Clone)]
+pub struct SqlOptions {
+    /// Upper bound on pooled connections (reads, for SQLite).
+    pub max_connections: u32,
+    /// Make every SQLite commit durable (synchronous=FULL) rather than durable at checkpoint.
+    pub durable_commits: bool,
+}
+
+impl Default for SqlOptions {
+    fn default() -> Self {
+        SqlOptions {
+            max_connections: 16,
+            durable_commits: true,
+        }
+    }
+}
+
+pub struct SqlStore {
+    pools: Pools,
+}
+
+impl SqlStore {
+    /// Connects to `url` (`sqlite://path` or `postgres://...`) and applies migrations.
+    pub async fn connect(url: &str, options: &SqlOptions) -> Result<SqlStore> {
+        let pools = if url.starts_with("sqlite:") {
+            let base = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(if options.durable_commits {
+                    SqliteSynchronous::Full
+                } else {
+                    SqliteSynchronous::Normal
+                })
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            let write = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(base.clone())
+                .await?;
+            let read = SqlitePoolOptions::new()
+                .max_connections(options.max_connections.max(1))
+                .connect_with(base.read_only(true))
+                .await?;
+            Pools::Sqlite { read, write }
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let opts = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(options.max_connections.max(2))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await?;
+            Pools::Postgres(pool)
+        } else {
+            return Err(MetadataError::Config(format!(
+                "unsupported metadata URL {url:?}: use sqlite://PATH or postgres://..."
+            )));
+        };
+        let store = SqlStore { pools };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        match &self.pools {
+            Pools::Sqlite { write, .. } => {
+                let mut conn = write.acquire().await?;
+                sqlx::raw_sql(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations \
+                     (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+                )
+                .execute(&mut *conn)
+                .await?;
+                for (version, name, ddl, _) in MIGRATIONS {
+                    let done: Option<i64> = sqlx::query_scalar(
+                        "SELECT version FROM schema_migrations WHERE version = $1",
+                    )
+                    .bind(version)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    if done.is_some() {
+                        continue;
+                    }
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                    sqlx::raw_sql(*ddl)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| MetadataError::Migration(format!("{version} {name}: {e}")))?;
+                    sqlx::query("INSERT INTO schema_migrations VALUES ($1, $2, $3)")
+                        .bind(version)
+                        .bind(name)
+                        .bind(now_ms())
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    tracing::info!(version, name, "applied sqlite migration");
+                }
+            }
+            Pools::Postgres(pool) => {
+                // One connection holds a session advisory lock for the whole run, so replicas
+                // starting together apply each migration exactly once.
+                let mut conn = pool.acquire().await?;
+                sqlx::query("SELECT pg_advisory_lock($1)")
+                    .bind(MIGRATION_LOCK_KEY)
+                    .execute(&mut *conn)
+                    .await?;
+                let result: Result<()> = async {
+                    sqlx::raw_sql(
+                        "CREATE TABLE IF NOT EXISTS schema_migrations \
+                         (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+                    )
+                    .execute(&mut *conn)
+                    .await?;
+                    for (version, name, _, ddl) in MIGRATIONS {
+                        let done: Option<i64> = sqlx::query_scalar(
+                            "SELECT version FROM schema_migrations WHERE version = $1",
+                        )
+                        .bind(version)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                        if done.is_some() {
+                            continue;
+                        }
+                        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                        sqlx::raw_sql(*ddl).execute(&mut *tx).await.map_err(|e| {
+                            MetadataError::Migration(format!("{version} {name}: {e}"))
+                        })?;
+                        sqlx::query("INSERT INTO schema_migrations VALUES ($1, $2, $3)")
+                            .bind(version)
+                            .bind(name)
+                            .bind(now_ms())
+                            .execute(&mut *tx)
+                            .await?;
+                        tx.commit().await?;
+                        tracing::info!(version, name, "applied postgres migration");
+                    }
+                    Ok(())
+                }
+                .await;
+                sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(MIGRATION_LOCK_KEY)
+                    .execute(&mut *conn)
+                    .await?;
+                result?;
+            }
+        }
+        Ok(())
+    }
+}
+
+type UploadRow = (String, i64, i64, String, Vec<u8>, String, i64, i64);
+
+fn upload_from_row(r: UploadRow) -> UploadRecord {
+    UploadRecord {
+        id: r.0,
+        repository_id: r.1,
+        size: r.2 as u64,
+        hash_algorithm: r.3,
+        hash_state: r.4,
+        backend_state: r.5,
+        created_at: r.6,
+        updated_at: r.7,
+    }
+}
+
+const UPLOAD_COLUMNS: &str =
+    "id, repository_id, size, hash_algorithm, hash_state, backend_state, created_at, updated_at";
+
+fn manifest_from_row(r: (String, String, i64, Option<Vec<u8>>)) -> ManifestRecord {
+    ManifestRecord {
+        digest: r.0,
+        media_type: r.1,
+        size: r.2 as u64,
+        payload: r.3,
+    }
+}
+
+#[async_trait]
+impl MetadataStore for SqlStore {
+    fn kind(&self) -> &'static str {
+        match self.pools {
+            Pools::Sqlite { .. } => "sqlite",
+            Pools::Postgres(_) => "postgres",
+        }
+    }
+
+    async fn ping(&self) -> Result<()> {
+        with_read!(self, |p| {
+            sqlx::query_scalar::<_, i32>("SELECT 1")
+                .fetch_one(p)
+                .await?;
+        });
+        Ok(())
+    }
+
+    async fn ensure_repository(&self, name: &str) -> Result<i64> {
+        if let Some(id) = self.repository_id(name).await? {
+            return Ok(id);
+        }
+        with_write!(self, |p| {
+            sqlx::query(
+                "INSERT INTO repositories (name, created_at) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(now_ms())
+            .execute(p)
+            .await?;
+            Ok(
+                sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
+                    .bind(name)
+                    .fetch_one(p)
+                    .await?,
+            )
+        })
+    }
+
+    async fn repository_id(&self, name: &str) -> Result<Option<i64>> {
+        with_read!(self, |p| {
+            Ok(
+                sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(p)
+                    .await?,
+            )
+        })
+    }
+
+    async fn list_repositories(&self, last: Option<&str>, limit: u32) -> Result<Vec<String>> {
+        with_read!(self, |p| {
+            Ok(sqlx::query_scalar(
+                "SELECT r.name FROM repositories r WHERE r.name > $1 \
+                 AND (EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id) \
+                   OR EXISTS (SELECT 1 FROM repository_blobs b WHERE b.repository_id = r.id)) \
+                 ORDER BY r.name LIMIT $2",
+            )
+            .bind(last.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(p)
+            .await?)
+        })
+    }
+
+    async fn repository_blob(
+        &self,
+        repository_id: i64,
+        digest: &str,
+    ) -> Result<Option<BlobRecord>> {
+        let row: Option<(String, i64)> = with_read!(self, |p| {
+            sqlx::query_as(
+                "SELECT b.digest, b.size FROM repository_blobs rb \
+                 JOIN blobs b ON b.digest = rb.digest \
+                 WHERE rb.repository_id = $1 AND rb.digest = $2",
+            )
+            .bind(repository_id)
+            .bind(digest)
+            .fetch_optional(p)
+            .await?
+        });
+        Ok(row.map(|(digest, size)| BlobRecord {
+            digest,
+            size: size as u64,
+        }))
+    }
+
+    async fn link_blob(&self, repository_id: i64, digest: &str) -> Result<bool> {
+        with_write!(self, |p| {
+            let res = sqlx::query(
+                "INSERT INTO repository_blobs (repository_id, digest, created_at) \
+                 SELECT $1, digest, $3 FROM blobs WHERE digest = $2 \
+                 ON CONFLICT (repository_id, digest) DO NOTHING",
+            )
+            .bind(repository_id)
+            .bind(digest)
+            .bind(now_ms())
+            .execute(p)
+            .await?;
+            if res.rows_affected() > 0 {
+                return Ok(true);
+            }
+            // Either already linked (fine) or the blob is unknown.
+            let linked: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = $2",
+            )
+            .bind(repository_id)
+            .bind(digest)
+            .fetch_optional(p)
+            .await?;
+            Ok(linked.is_some())
+        })
+    }
+
+    async fn unlink_blob(&self, repository_id: i64, digest: &str) -> Result<bool> {
+        with_write!(self, |p| {
+            let res = sqlx::query(
+                "DELETE FROM repository_blobs WHERE repository_id = $1 AND digest = $2",
+            )
+            .bind(repository_id)
+            .bind(digest)
+            .execute(p)
+            .await?;
+            Ok(res.rows_affected() > 0)
+        })
+    }
+
+    async fn commit_blob(
+        &self,
+        repository_id: i64,
+        digest: &str,
+        size: u64,
+        upload_id: &str,
+    ) -> Result<()> {
+        let now = now_ms();
+        with_write!(self, |p| {
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (digest) DO NOTHING",
+            )
+            .bind(digest)
+            .bind(size as i64)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO repository_blobs (repository_id, digest, created_at) \
+                 VALUES ($1, $2, $3) ON CONFLICT (repository_id, digest) DO NOTHING",
+            )
+            .bind(repository_id)
+            .bind(digest)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM uploads WHERE id = $1")
+                .bind(upload_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn create_upload(&self, u: &UploadRecord) -> Result<()> {
+        with_write!(self, |p| {
+            sqlx::query(
+                "INSERT INTO uploads (id, repository_id, size, hash_algorithm, hash_state, \
+                 backend_state, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&u.id)
+            .bind(u.repository_id)
+            .bind(u.size as i64)
+            .bind(&u.hash_algorithm)
+            .bind(&u.hash_state)
+            .bind(&u.backend_state)
+            .bind(u.created_at)
+            .bind(u.updated_at)
+            .execute(p)
+            .await?;
+        });
+        Ok(())
+    }
+
+    async fn upload(&self, id: &str) -> Result<Option<UploadRecord>> {
+        let sql = format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = $1");
+        let row: Option<UploadRow> = with_read!(self, |p| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_optional(p)
+                .await?
+        });
+        Ok(row.map(upload_from_row))
+    }
+
+    async fn advance_upload(
+        &self,
+        id: &str,
+        expected_size: u64,
+        new_size: u64,
+        hash_state: &[u8],
+        backend_state: &str,
+    ) -> Result<bool> {
+        with_write!(self, |p| {
+            let res = sqlx::query(
+                "UPDATE uploads SET size = $3, hash_state = $4, backend_state = $5, \
+                 updated_at = $6 WHERE id = $1 AND size = $2",
+            )
+            .bind(id)
+            .bind(expected_size as i64)
+            .bind(new_size as i64)
+            .bind(hash_state)
+            .bind(backend_state)
+            .bind(now_ms())
+            .execute(p)
+            .await?;
+            Ok(res.rows_affected() == 1)
+        })
+    }
+
+    async fn delete_upload(&self, id: &str) -> Result<bool> {
+        with_write!(self, |p| {
+            let res = sqlx::query("DELETE FROM uploads WHERE id = $1")
+                .bind(id)
+                .execute(p)
+                .await?;
+            Ok(res.rows_affected() > 0)
+        })
+    }
+
+    async fn stale_uploads(&self, updated_before: i64, limit: u32) -> Result<Vec<UploadRecord>> {
+        let sql = format!(
+            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE updated_at < $1 \
+             ORDER BY updated_at LIMIT $2"
+        );
+        let rows: Vec<UploadRow> = with_read!(self, |p| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(updated_before)
+                .bind(i64::from(limit))
+                .fetch_all(p)
+                .await?
+        });
+        Ok(rows.into_iter().map(upload_from_row).collect())
+    }
+
+    async fn put_manifest(&self, m: &NewManifest) -> Result<PutManifestOutcome> {
+        let now = now_ms();
+        with_write!(self, |p| {
+            let mut tx = p.begin().await?;
+            let mut missing = Vec::new();
+            for digest in &m.blob_refs {
+                let found: Option<i32> = sqlx::query_scalar(
+                    "SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = $2",
+                )
+                .bind(m.repository_id)
+                .bind(digest)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if found.is_none() {
+                    missing.push(digest.clone());
+                }
+            }
+            for digest in &m.manifest_refs {
+                let found: Option<i32> = sqlx::query_scalar(
+                    "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2",
+                )
+                .bind(m.repository_id)
+                .bind(digest)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if found.is_none() {
+                    missing.push(digest.clone());
+                }
+            }
+            if !missing.is_empty() {
+                tx.rollback().await?;
+                return Ok(PutManifestOutcome::MissingReferences(missing));
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO manifests (repository_id, digest, media_type, size, payload, \
+                 artifact_type, subject_digest, annotations, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (repository_id, digest) DO NOTHING",
+            )
+            .bind(m.repository_id)
+            .bind(&m.digest)
+            .bind(&m.media_type)
+            .bind(m.payload.len() as i64)
+            .bind(&m.payload)
+            .bind(&m.artifact_type)
+            .bind(&m.subject_digest)
+            .bind(&m.annotations)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0;
+            if inserted {
+                let refs = m
+                    .blob_refs
+                    .iter()
+                    .map(|d| (d, "blob"))
+                    .chain(m.manifest_refs.iter().map(|d| (d, "manifest")));
+                for (child, kind) in refs {
+                    sqlx::query(
+                        "INSERT INTO manifest_references \
+                         (repository_id, manifest_digest, child_digest, child_kind) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(m.repository_id)
+                    .bind(&m.digest)
+                    .bind(child)
+                    .bind(kind)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            if let Some(tag) = &m.tag {
+                sqlx::query(
+                    "INSERT INTO tags (repository_id, name, digest, updated_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (repository_id, name) \
+                     DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+                )
+                .bind(m.repository_id)
+                .bind(tag)
+                .bind(&m.digest)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(PutManifestOutcome::Stored)
+        })
+    }
+
+    async fn manifest_by_digest(
+        &self,
+        repository_id: i64,
+        digest: &str,
+        with_payload: bool,
+    ) -> Result<Option<ManifestRecord>> {
+        let sql = if with_payload {
+            "SELECT digest, media_type, size, payload FROM manifests \
+             WHERE repository_id = $1 AND digest = $2"
+        } else {
+            "SELECT digest, media_type, size, NULL FROM manifests \
+             WHERE repository_id = $1 AND digest = $2"
+        };
+        let row: Option<(String, String, i64, Option<Vec<u8>>)> = with_read!(self, |p| {
+            sqlx::query_as(sql)
+                .bind(repository_id)
+                .bind(digest)
+                .fetch_optional(p)
+                .await?
+        });
+        Ok(row.map(manifest_from_row))
+    }
+
+    async fn manifest_by_tag(
+        &self,
+        repository_id: i64,
+        tag: &str,
+        with_payload: bool,
+    ) -> Result<Option<ManifestRecord>> {
+        let sql = if with_payload {
+            "SELECT m.digest, m.media_type, m.size, m.payload FROM tags t \
+             JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest \
+             WHERE t.repository_id = $1 AND t.name = $2"
+        } else {
+            "SELECT m.digest, m.media_type, m.size, NULL FROM tags t \
+             JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest \
+             WHERE t.repository_id = $1 AND t.name = $2"
+        };
+        let row: Option<(String, String, i64, Option<Vec<u8>>)> = with_read!(self, |p| {
+            sqlx::query_as(sql)
+                .bind(repository_id)
+                .bind(tag)
+                .fetch_optional(p)
+                .await?
+        });
+        Ok(row.map(manifest_from_row))
+    }
+
+    async fn delete_tag(&self, repository_id: i64, tag: &str) -> Result<bool> {
+        with_write!(self, |p| {
+            let res = sqlx::query("DELETE FROM tags WHERE repository_id = $1 AND name = $2")
+                .bind(repository_id)
+                .bind(tag)
+                .execute(p)
+                .await?;
+            Ok(res.rows_affected() > 0)
+        })
+    }
+
+    async fn delete_manifest(
+        &self,
+        repository_id: i64,
+        digest: &str,
+    ) -> Result<Option<DeletedManifest>> {
+        with_write!(self, |p| {
+            let mut tx = p.begin().await?;
+            let tags: Vec<String> = sqlx::query_scalar(
+                "DELETE FROM tags WHERE repository_id = $1 AND digest = $2 RETURNING name",
+            )
+            .bind(repository_id)
+            .bind(digest)
+            .fetch_all(&mut *tx)
+            .await?;
+            sqlx::query(
+                "DELETE FROM manifest_references WHERE repository_id = $1 AND manifest_digest = $2",
+            )
+            .bind(repository_id)
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?;
+            let res = sqlx::query("DELETE FROM manifests WHERE repository_id = $1 AND digest = $2")
+                .bind(repository_id)
+                .bind(digest)
+                .execute(&mut *tx)
+                .await?;
+            if res.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            tx.commit().await?;
+            Ok(Some(DeletedManifest { tags }))
+        })
+    }
+
+    async fn list_tags(
+        &self,
+        repository_id: i64,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        with_read!(self, |p| {
+            Ok(sqlx::query_scalar(
+                "SELECT name FROM tags WHERE repository_id = $1 AND name > $2 \
+                 ORDER BY name LIMIT $3",
+            )
+            .bind(repository_id)
+            .bind(last.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(p)
+            .await?)
+        })
+    }
+
+    async fn referrers(
+        &self,
+        repository_id: i64,
+        subject: &str,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<ReferrerRecord>> {
+        type Row = (String, String, i64, Option<String>, Option<String>);
+        let rows: Vec<Row> = with_read!(self, |p| {
+            sqlx::query_as(
+                "SELECT digest, media_type, size, artifact_type, annotations FROM manifests \
+                 WHERE repository_id = $1 AND subject_digest = $2 \
+                 AND ($3 IS NULL OR artifact_type = $3) \
+                 ORDER BY created_at, digest",
+            )
+            .bind(repository_id)
+            .bind(subject)
+            .bind(artifact_type)
+            .fetch_all(p)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|r| ReferrerRecord {
+                digest: r.0,
+                media_type: r.1,
+                size: r.2 as u64,
+                artifact_type: r.3,
+                annotations: r.4,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    const M1: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    async fn sqlite() -> (tempfile::TempDir, SqlStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let store = SqlStore::connect(&url, &SqlOptions::default())
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    fn upload(id: &str, repo: i64) -> UploadRecord {
+        UploadRecord {
+            id: id.into(),
+            repository_id: repo,
+            size: 0,
+            hash_algorithm: "sha256".into(),
+            hash_state: vec![1, 2, 3],
+            backend_state: String::new(),
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn migrations_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        SqlStore::connect(&url, &SqlOptions::default())
+            .await
+            .unwrap();
+        let again = SqlStore::connect(&url, &SqlOptions::default())
+            .await
+            .unwrap();
+        again.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn blobs_uploads_manifests_tags() {
+        let (_d, s) = sqlite().await;
+        let repo = s.ensure_repository("a/b").await.unwrap();
+        assert_eq!(s.ensure_repository("a/b").await.unwrap(), repo);
+        let other = s.ensure_repository("c").await.unwrap();
+
+        s.create_upload(&upload("u1", repo)).await.unwrap();
+        assert!(s.advance_upload("u1", 0, 10, &[9], "").await.unwrap());
+        assert!(!s.advance_upload("u1", 0, 20, &[9], "").await.unwrap());
+        assert_eq!(s.upload("u1").await.unwrap().unwrap().size, 10);
+        s.commit_blob(repo, D1, 10, "u1").await.unwrap();
+        assert!(s.upload("u1").await.unwrap().is_none());
+        assert_eq!(s.repository_blob(repo, D1).await.unwrap().unwrap().size, 10);
+        assert!(s.repository_blob(other, D1).await.unwrap().is_none());
+        assert!(s.link_blob(other, D1).await.unwrap());
+        assert!(s.link_blob(other, D1).await.unwrap());
+        assert!(!s.link_blob(other, D2).await.unwrap());
+
+        let m = NewManifest {
+            repository_id: repo,
+            digest: M1.into(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            payload: b"{}".to_vec(),
+            artifact_type: Some("x/y".into()),
+            subject_digest: Some(D2.into()),
+            annotations: None,
+            blob_refs: vec![D1.into(), D2.into()],
+            manifest_refs: vec![],
+            tag: Some("v1".into()),
+        };
+        assert_eq!(
+            s.put_manifest(&m).await.unwrap(),
+            PutManifestOutcome::MissingReferences(vec![D2.into()])
+        );
+        let m = NewManifest {
+            blob_refs: vec![D1.into()],
+            ..m
+        };
+        assert_eq!(
+            s.put_manifest(&m).await.unwrap(),
+            PutManifestOutcome::Stored
+        );
+        assert_eq!(
+            s.put_manifest(&m).await.unwrap(),
+            PutManifestOutcome::Stored
+        );
+        let got = s.manifest_by_tag(repo, "v1", true).await.unwrap().unwrap();
+        assert_eq!(got.payload.as_deref(), Some(&b"{}"[..]));
+        assert!(
+            s.manifest_by_digest(repo, M1, false)
+                .await
+                .unwrap()
+                .unwrap()
+                .payload
+                .is_none()
+        );
+        assert_eq!(s.referrers(repo, D2, None).await.unwrap().len(), 1);
+        assert_eq!(s.referrers(repo, D2, Some("x/y")).await.unwrap().len(), 1);
+        assert_eq!(s.referrers(repo, D2, Some("x/z")).await.unwrap().len(), 0);
+
+        for t in ["b", "A", "a", "_z"] {
+            s.put_manifest(&NewManifest {
+                tag: Some(t.into()),
+                ..m.clone()
+            })
+            .await
+            .unwrap();
+        }
+        assert_eq!(
+            s.list_tags(repo, None, 100).await.unwrap(),
+            vec!["A", "_z", "a", "b", "v1"]
+        );
+        assert_eq!(
+            s.list_tags(repo, Some("_z"), 2).await.unwrap(),
+            vec!["a", "b"]
+        );
+        assert!(s.delete_tag(repo, "a").await.unwrap());
+        assert!(!s.delete_tag(repo, "a").await.unwrap());
+        let deleted = s.delete_manifest(repo, M1).await.unwrap().unwrap();
+        assert_eq!(deleted.tags.len(), 4);
+        assert!(s.delete_manifest(repo, M1).await.unwrap().is_none());
+        assert!(s.list_tags(repo, None, 100).await.unwrap().is_empty());
+        assert_eq!(
+            s.list_repositories(None, 10).await.unwrap(),
+            vec!["a/b", "c"]
+        );
+        assert_eq!(
+            s.list_repositories(Some("a/b"), 10).await.unwrap(),
+            vec!["c"]
+        );
+    }
+
+    #[tokio::test]
+    async fn stale_uploads_are_listed_oldest_first() {
+        let (_d, s) = sqlite().await;
+        let repo = s.ensure_repository("r").await.unwrap();
+        s.create_upload(&upload("old", repo)).await.unwrap();
+        let fresh = UploadRecord {
+            updated_at: now_ms(),
+            ..upload("new", repo)
+        };
+        s.create_upload(&fresh).await.unwrap();
+        let stale = s.stale_uploads(now_ms() - 60_000, 10).await.unwrap();
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].id, "old");
+        assert!(s.delete_upload("old").await.unwrap());
+    }
+}

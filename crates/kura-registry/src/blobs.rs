@@ -1,0 +1,69 @@
+//! Blob reads and deletes, scoped to a repository: a repository sees only blobs linked to it.
+
+use kura_oci::{Digest, RepositoryName};
+use kura_storage::{ByteRange, ByteStream, StorageError};
+
+use crate::{Registry, RegistryError, RegistryEvent, Result};
+
+impl Registry {
+    /// Size of a blob visible in `repo`, or BLOB_UNKNOWN.
+    pub async fn stat_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<u64> {
+        let Some(rid) = self.repository_id(repo).await? else {
+            return Err(RegistryError::blob_unknown(digest));
+        };
+        match self
+            .inner
+            .meta
+            .repository_blob(rid, &digest.to_string())
+            .await?
+        {
+            Some(b) => Ok(b.size),
+            None => Err(RegistryError::blob_unknown(digest)),
+        }
+    }
+
+    /// Streams a blob (or an inclusive range of it, already validated against its size).
+    pub async fn read_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<ByteStream> {
+        match self.inner.store.read_blob(digest, range).await {
+            Ok(s) => {
+                self.emit(RegistryEvent::BlobPulled {
+                    repository: repo.to_string(),
+                    digest: digest.to_string(),
+                });
+                Ok(s)
+            }
+            Err(StorageError::NotFound(_)) => {
+                // Metadata says it exists but the bytes are gone: report it loudly, answer 404.
+                tracing::error!(%digest, "blob is recorded in metadata but missing from storage");
+                Err(RegistryError::blob_unknown(digest))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Unlinks a blob from `repo`. The bytes stay until garbage collection finds them unused.
+    pub async fn delete_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<()> {
+        self.require_delete_enabled()?;
+        let Some(rid) = self.repository_id(repo).await? else {
+            return Err(RegistryError::blob_unknown(digest));
+        };
+        if !self
+            .inner
+            .meta
+            .unlink_blob(rid, &digest.to_string())
+            .await?
+        {
+            return Err(RegistryError::blob_unknown(digest));
+        }
+        self.emit(RegistryEvent::BlobDeleted {
+            repository: repo.to_string(),
+            digest: digest.to_string(),
+        });
+        Ok(())
+    }
+}

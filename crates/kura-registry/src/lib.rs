@@ -1,0 +1,143 @@
+//! Registry services: the rules of the distribution API, independent of HTTP.
+//!
+//! [`Registry`] owns a [`MetadataStore`] (what exists) and a [`BlobStore`] (the bytes) and
+//! implements every operation the `/v2` API offers: uploads with resumable hashing, blob
+//! reads, manifest validation and storage, tags, referrers and listings. HTTP handlers parse,
+//! call one method here and map the [`RegistryError`] to a response; tests call it directly.
+//!
+//! Every state change is announced to the registered [`EventSink`]s (audit, webhooks and
+//! metrics listen there).
+
+mod blobs;
+mod error;
+mod events;
+mod locks;
+mod manifests;
+mod uploads;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kura_metadata::MetadataStore;
+use kura_oci::RepositoryName;
+use kura_storage::BlobStore;
+
+pub use error::{RegistryError, Result};
+pub use events::{EventSink, RegistryEvent};
+pub use manifests::{ManifestContent, ManifestPushed, TagPage};
+pub use uploads::UploadStatus;
+
+/// Behaviour knobs of the distribution API.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Largest manifest accepted on PUT, in bytes.
+    pub max_manifest_size: usize,
+    /// Whether DELETE of manifests, tags and blobs is allowed.
+    pub delete_enabled: bool,
+    /// Uploads idle for longer than this are removed.
+    pub upload_expiry: Duration,
+    /// Advertised `OCI-Chunk-Min-Length` (bytes); 0 advertises nothing.
+    pub chunk_min_length: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            max_manifest_size: 4 * 1024 * 1024,
+            delete_enabled: true,
+            upload_expiry: Duration::from_secs(24 * 3600),
+            chunk_min_length: 0,
+        }
+    }
+}
+
+/// The registry service. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    meta: Arc<dyn MetadataStore>,
+    store: Arc<dyn BlobStore>,
+    config: RegistryConfig,
+    sinks: Vec<Arc<dyn EventSink>>,
+    upload_locks: locks::KeyedLocks,
+}
+
+impl Registry {
+    pub fn new(
+        meta: Arc<dyn MetadataStore>,
+        store: Arc<dyn BlobStore>,
+        config: RegistryConfig,
+        sinks: Vec<Arc<dyn EventSink>>,
+    ) -> Registry {
+        Registry {
+            inner: Arc::new(Inner {
+                meta,
+                store,
+                config,
+                sinks,
+                upload_locks: locks::KeyedLocks::default(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.inner.config
+    }
+
+    pub fn metadata(&self) -> &Arc<dyn MetadataStore> {
+        &self.inner.meta
+    }
+
+    pub fn storage(&self) -> &Arc<dyn BlobStore> {
+        &self.inner.store
+    }
+
+    fn emit(&self, event: RegistryEvent) {
+        for sink in &self.inner.sinks {
+            sink.emit(&event);
+        }
+    }
+
+    async fn repository_id(&self, name: &RepositoryName) -> Result<Option<i64>> {
+        Ok(self.inner.meta.repository_id(name.as_str()).await?)
+    }
+
+    fn require_delete_enabled(&self) -> Result<()> {
+        if self.inner.config.delete_enabled {
+            Ok(())
+        } else {
+            Err(RegistryError::unsupported(
+                "deletes are disabled on this registry",
+            ))
+        }
+    }
+
+    /// Lists repositories after `last` (bytewise order), at most `n`; `more` tells whether
+    /// another page exists.
+    pub async fn catalog(&self, last: Option<&str>, n: u32) -> Result<(Vec<String>, bool)> {
+        if n == 0 {
+            return Ok((Vec::new(), false));
+        }
+        let mut names = self
+            .inner
+            .meta
+            .list_repositories(last, n.saturating_add(1))
+            .await?;
+        let more = names.len() > n as usize;
+        names.truncate(n as usize);
+        Ok((names, more))
+    }
+
+    /// Reports whether both backends answer (readiness).
+    pub async fn check_backends(&self) -> Vec<(&'static str, &'static str, Result<(), String>)> {
+        let meta = self.inner.meta.ping().await.map_err(|e| e.to_string());
+        let store = self.inner.store.check().await.map_err(|e| e.to_string());
+        vec![
+            ("metadata", self.inner.meta.kind(), meta),
+            ("storage", self.inner.store.kind(), store),
+        ]
+    }
+}

@@ -1,0 +1,399 @@
+//! Blob uploads: sessions, chunk appends with incremental hashing, verification and commit.
+//!
+//! Invariants:
+//! - An upload's row in the metadata store is created before any of its bytes are stored, and
+//!   the row's `size` and hash state only move forward together, by compare-and-set, after
+//!   the bytes they describe were written. Bytes beyond the recorded size are garbage and are
+//!   cut off by the next append.
+//! - A blob becomes visible only after its digest was verified and the storage commit (an
+//!   atomic rename or equivalent) succeeded; the metadata commit comes last.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use kura_metadata::{UploadRecord, now_ms};
+use kura_oci::{Algorithm, Digest, ErrorCode, Hasher, RepositoryName};
+use kura_storage::{ChunkSource, StorageError, UploadPosition};
+
+use crate::{Registry, RegistryError, RegistryEvent, Result};
+
+/// Where an upload stands, as reported in `Location`/`Range` headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadStatus {
+    pub id: String,
+    /// Bytes received so far.
+    pub size: u64,
+}
+
+/// Feeds every chunk that passes through to a hasher.
+struct Hashing<'a, 'b> {
+    inner: ChunkSource<'a>,
+    hasher: &'b mut Hasher,
+}
+
+impl Stream for Hashing<'_, '_> {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match this.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.hasher.update(&chunk);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            other => other,
+        }
+    }
+}
+
+fn new_upload_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+impl Registry {
+    /// Opens an upload session in `repo`.
+    pub async fn start_upload(&self, repo: &RepositoryName) -> Result<UploadStatus> {
+        let repository_id = self.inner.meta.ensure_repository(repo.as_str()).await?;
+        let id = new_upload_id();
+        let now = now_ms();
+        let hasher = Algorithm::Sha256.hasher();
+        self.inner
+            .meta
+            .create_upload(&UploadRecord {
+                id: id.clone(),
+                repository_id,
+                size: 0,
+                hash_algorithm: Algorithm::Sha256.as_str().to_string(),
+                hash_state: hasher.save_state(),
+                backend_state: String::new(),
+                created_at: now,
+                updated_at: now,
+            })
+            .await?;
+        let pos = self.inner.store.create_upload(&id).await?;
+        if !pos.backend_state.is_empty() {
+            self.inner
+                .meta
+                .advance_upload(&id, 0, 0, &hasher.save_state(), &pos.backend_state)
+                .await?;
+        }
+        Ok(UploadStatus { id, size: 0 })
+    }
+
+    /// Loads an upload, checking it belongs to `repo`.
+    async fn load_upload(&self, repo: &RepositoryName, id: &str) -> Result<UploadRecord> {
+        let upload = self
+            .inner
+            .meta
+            .upload(id)
+            .await?
+            .ok_or_else(RegistryError::upload_unknown)?;
+        match self.repository_id(repo).await? {
+            Some(rid) if rid == upload.repository_id => Ok(upload),
+            _ => Err(RegistryError::upload_unknown()),
+        }
+    }
+
+    pub async fn upload_status(&self, repo: &RepositoryName, id: &str) -> Result<UploadStatus> {
+        let upload = self.load_upload(repo, id).await?;
+        Ok(UploadStatus {
+            id: upload.id,
+            size: upload.size,
+        })
+    }
+
+    /// Appends a chunk. `start` is the first byte's offset when the client sent
+    /// `Content-Range`; it must equal the bytes received so far (else 416).
+    pub async fn append_upload(
+        &self,
+        repo: &RepositoryName,
+        id: &str,
+        start: Option<u64>,
+        data: ChunkSource<'_>,
+    ) -> Result<UploadStatus> {
+        let _guard = self.inner.upload_locks.lock(id).await;
+        let upload = self.load_upload(repo, id).await?;
+        if let Some(start) = start
+            && start != upload.size
+        {
+            let mut err = RegistryError::new(
+                ErrorCode::BlobUploadInvalid,
+                format!(
+                    "chunk starts at byte {start} but the upload holds {} bytes",
+                    upload.size
+                ),
+            )
+            .with_status(416);
+            err.upload = Some(UploadStatus {
+                id: upload.id,
+                size: upload.size,
+            });
+            return Err(err);
+        }
+        let (size, _) = self.append_locked(&upload, data).await?;
+        Ok(UploadStatus {
+            id: upload.id,
+            size,
+        })
+    }
+
+    /// Writes `data` after the recorded size and records the new size and hash state.
+    /// Returns the new size and the running hasher.
+    async fn append_locked(
+        &self,
+        upload: &UploadRecord,
+        data: ChunkSource<'_>,
+    ) -> Result<(u64, Option<Hasher>)> {
+        let mut hasher = self.restore_hasher(upload);
+        let at = UploadPosition {
+            size: upload.size,
+            backend_state: upload.backend_state.clone(),
+        };
+        let written = match hasher.as_mut() {
+            Some(h) => {
+                let mut hashing = Hashing {
+                    inner: data,
+                    hasher: h,
+                };
+                self.inner
+                    .store
+                    .append_upload(&upload.id, &at, &mut hashing)
+                    .await
+            }
+            None => self.inner.store.append_upload(&upload.id, &at, data).await,
+        };
+        let new_pos = match written {
+            Ok(pos) => pos,
+            Err(StorageError::NotFound(_)) => return Err(RegistryError::upload_unknown()),
+            Err(StorageError::Io(e)) if is_client_abort(&e) => {
+                return Err(RegistryError::new(
+                    ErrorCode::BlobUploadInvalid,
+                    format!("upload body was not received completely: {e}"),
+                )
+                .with_status(400));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let state = hasher.as_ref().map(Hasher::save_state).unwrap_or_default();
+        let advanced = self
+            .inner
+            .meta
+            .advance_upload(
+                &upload.id,
+                upload.size,
+                new_pos.size,
+                &state,
+                &new_pos.backend_state,
+            )
+            .await?;
+        if !advanced {
+            return Err(RegistryError::new(
+                ErrorCode::BlobUploadInvalid,
+                "the upload was changed by a concurrent request; query its status and resume",
+            )
+            .with_status(416));
+        }
+        Ok((new_pos.size, hasher))
+    }
+
+    fn restore_hasher(&self, upload: &UploadRecord) -> Option<Hasher> {
+        let alg: Algorithm = upload.hash_algorithm.parse().ok()?;
+        match Hasher::restore_state(alg, &upload.hash_state) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                tracing::warn!(upload = %upload.id, "hash state unreadable; will re-hash at commit");
+                None
+            }
+        }
+    }
+
+    /// Completes an upload with an optional final chunk, verifies `digest` and commits.
+    pub async fn finish_upload(
+        &self,
+        repo: &RepositoryName,
+        id: &str,
+        digest: &Digest,
+        final_chunk: Option<ChunkSource<'_>>,
+    ) -> Result<u64> {
+        let _guard = self.inner.upload_locks.lock(id).await;
+        let mut upload = self.load_upload(repo, id).await?;
+        let mut hasher = None;
+        if let Some(data) = final_chunk {
+            let (size, h) = self.append_locked(&upload, data).await?;
+            upload.size = size;
+            hasher = h;
+        } else {
+            hasher = hasher.or_else(|| self.restore_hasher(&upload));
+        }
+        let at = UploadPosition {
+            size: upload.size,
+            backend_state: upload.backend_state.clone(),
+        };
+        let actual = match hasher {
+            Some(h) if h.algorithm() == digest.algorithm() => h.finish(),
+            // Another algorithm than the one hashed while receiving, or a lost state:
+            // read the data back once. Costs one sequential read of the upload.
+            _ => {
+                self.rehash_upload(&upload.id, &at, digest.algorithm())
+                    .await?
+            }
+        };
+        if &actual != digest {
+            self.discard_upload(&upload.id, &at).await;
+            return Err(RegistryError::new(
+                ErrorCode::DigestInvalid,
+                "provided digest did not match uploaded content",
+            )
+            .with_detail(serde_json::json!({
+                "expected": digest.to_string(),
+                "actual": actual.to_string(),
+            })));
+        }
+        self.inner
+            .store
+            .commit_upload(&upload.id, &at, digest)
+            .await?;
+        self.inner
+            .meta
+            .commit_blob(
+                upload.repository_id,
+                &digest.to_string(),
+                upload.size,
+                &upload.id,
+            )
+            .await?;
+        self.emit(RegistryEvent::BlobPushed {
+            repository: repo.to_string(),
+            digest: digest.to_string(),
+            size: upload.size,
+        });
+        Ok(upload.size)
+    }
+
+    /// Single-request upload (`POST ?digest=`).
+    pub async fn push_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        data: ChunkSource<'_>,
+    ) -> Result<u64> {
+        let status = self.start_upload(repo).await?;
+        self.finish_upload(repo, &status.id, digest, Some(data))
+            .await
+            .inspect_err(|_| {
+                let this = self.clone();
+                let id = status.id.clone();
+                tokio::spawn(
+                    async move { this.discard_upload(&id, &UploadPosition::default()).await },
+                );
+            })
+    }
+
+    async fn rehash_upload(&self, id: &str, at: &UploadPosition, alg: Algorithm) -> Result<Digest> {
+        let mut stream = self.inner.store.read_upload(id, at).await?;
+        let mut h = alg.hasher();
+        while let Some(chunk) = stream.next().await {
+            h.update(&chunk.map_err(|e| RegistryError::internal(e))?);
+        }
+        Ok(h.finish())
+    }
+
+    /// Removes an upload's bytes and row; failures are logged (the expiry sweep retries).
+    async fn discard_upload(&self, id: &str, at: &UploadPosition) {
+        if let Err(e) = self.inner.store.abort_upload(id, at).await {
+            tracing::warn!(upload = id, error = %e, "could not remove upload data");
+        }
+        if let Err(e) = self.inner.meta.delete_upload(id).await {
+            tracing::warn!(upload = id, error = %e, "could not remove upload row");
+        }
+    }
+
+    /// Cancels an upload (`DELETE` on its location).
+    pub async fn cancel_upload(&self, repo: &RepositoryName, id: &str) -> Result<()> {
+        let _guard = self.inner.upload_locks.lock(id).await;
+        let upload = self.load_upload(repo, id).await?;
+        let at = UploadPosition {
+            size: upload.size,
+            backend_state: upload.backend_state.clone(),
+        };
+        self.inner.store.abort_upload(id, &at).await?;
+        self.inner.meta.delete_upload(id).await?;
+        Ok(())
+    }
+
+    /// Links a blob that `from` can see into `repo`. Returns false when `from` does not have
+    /// it (the caller then opens a normal upload session).
+    pub async fn mount_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        from: &RepositoryName,
+    ) -> Result<bool> {
+        let Some(from_id) = self.repository_id(from).await? else {
+            return Ok(false);
+        };
+        let digest_s = digest.to_string();
+        if self
+            .inner
+            .meta
+            .repository_blob(from_id, &digest_s)
+            .await?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        let repository_id = self.inner.meta.ensure_repository(repo.as_str()).await?;
+        let linked = self.inner.meta.link_blob(repository_id, &digest_s).await?;
+        if linked {
+            self.emit(RegistryEvent::BlobMounted {
+                repository: repo.to_string(),
+                from: from.to_string(),
+                digest: digest_s,
+            });
+        }
+        Ok(linked)
+    }
+
+    /// Removes uploads idle for longer than the configured expiry. Returns how many.
+    pub async fn purge_stale_uploads(&self) -> Result<usize> {
+        let cutoff = now_ms() - self.inner.config.upload_expiry.as_millis() as i64;
+        let mut purged = 0;
+        loop {
+            let batch = self.inner.meta.stale_uploads(cutoff, 100).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for upload in &batch {
+                let _guard = self.inner.upload_locks.lock(&upload.id).await;
+                let at = UploadPosition {
+                    size: upload.size,
+                    backend_state: upload.backend_state.clone(),
+                };
+                self.inner.store.abort_upload(&upload.id, &at).await?;
+                self.inner.meta.delete_upload(&upload.id).await?;
+                purged += 1;
+            }
+            if batch.len() < 100 {
+                break;
+            }
+        }
+        if purged > 0 {
+            tracing::info!(purged, "removed expired uploads");
+        }
+        Ok(purged)
+    }
+}
+
+/// Errors raised while reading the request body: the client went away or sent too little.
+/// (The HTTP layer reports body errors as `UnexpectedEof`.)
+fn is_client_abort(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe
+    )
+}

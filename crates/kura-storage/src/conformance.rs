@@ -1,0 +1,145 @@
+//! The behaviour every [`BlobStore`] must have, as one suite that each backend's tests call.
+//! Panics (test failures) on any deviation.
+
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use kura_oci::{Algorithm, Digest};
+
+use crate::{BlobStore, ByteRange, ByteStream, StorageError, UploadPosition};
+
+async fn collect(mut s: ByteStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(chunk) = s.next().await {
+        out.extend_from_slice(&chunk.expect("read chunk"));
+    }
+    out
+}
+
+fn chunks(parts: &[&[u8]]) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Unpin {
+    stream::iter(
+        parts
+            .iter()
+            .map(|p| Ok(Bytes::copy_from_slice(p)))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Runs every check against `store`.
+pub async fn run_all(store: &dyn BlobStore) {
+    upload_commit_read(store).await;
+    resume_discards_unrecorded_tail(store).await;
+    abort_and_missing(store).await;
+    store.check().await.expect("check");
+}
+
+async fn upload_commit_read(store: &dyn BlobStore) {
+    let data = b"hello, storehouse";
+    let digest = Algorithm::Sha256.digest_of(data);
+    assert_eq!(store.blob_size(&digest).await.unwrap(), None);
+
+    let id = "suite-upload-1";
+    let pos = store.create_upload(id).await.unwrap();
+    assert_eq!(pos.size, 0);
+    let pos = store
+        .append_upload(id, &pos, &mut chunks(&[b"hello, ", b"store"]))
+        .await
+        .unwrap();
+    assert_eq!(pos.size, 12);
+    let pos = store
+        .append_upload(id, &pos, &mut chunks(&[b"house"]))
+        .await
+        .unwrap();
+    assert_eq!(pos.size, data.len() as u64);
+    assert_eq!(
+        collect(store.read_upload(id, &pos).await.unwrap()).await,
+        data
+    );
+    // Not visible before commit.
+    assert_eq!(store.blob_size(&digest).await.unwrap(), None);
+    store.commit_upload(id, &pos, &digest).await.unwrap();
+
+    assert_eq!(
+        store.blob_size(&digest).await.unwrap(),
+        Some(data.len() as u64)
+    );
+    assert_eq!(
+        collect(store.read_blob(&digest, None).await.unwrap()).await,
+        data
+    );
+    let r = ByteRange { start: 7, end: 11 };
+    assert_eq!(
+        collect(store.read_blob(&digest, Some(r)).await.unwrap()).await,
+        b"store"
+    );
+
+    // Committing the same content again is harmless.
+    let pos = store.create_upload("suite-upload-2").await.unwrap();
+    let pos = store
+        .append_upload("suite-upload-2", &pos, &mut chunks(&[data]))
+        .await
+        .unwrap();
+    store
+        .commit_upload("suite-upload-2", &pos, &digest)
+        .await
+        .unwrap();
+    assert_eq!(
+        collect(store.read_blob(&digest, None).await.unwrap()).await,
+        data
+    );
+
+    store.delete_blob(&digest).await.unwrap();
+    assert_eq!(store.blob_size(&digest).await.unwrap(), None);
+    store.delete_blob(&digest).await.unwrap();
+}
+
+async fn resume_discards_unrecorded_tail(store: &dyn BlobStore) {
+    let id = "suite-upload-3";
+    let p0 = store.create_upload(id).await.unwrap();
+    let p1 = store
+        .append_upload(id, &p0, &mut chunks(&[b"abc"]))
+        .await
+        .unwrap();
+    // An append whose new position was never recorded (the caller crashed) ...
+    let _lost = store
+        .append_upload(id, &p1, &mut chunks(&[b"XXXX"]))
+        .await
+        .unwrap();
+    // ... is overwritten by the next append from the recorded position.
+    let p2 = store
+        .append_upload(id, &p1, &mut chunks(&[b"def"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        collect(store.read_upload(id, &p2).await.unwrap()).await,
+        b"abcdef"
+    );
+    let digest: Digest = Algorithm::Sha256.digest_of(b"abcdef");
+    store.commit_upload(id, &p2, &digest).await.unwrap();
+    assert_eq!(
+        collect(store.read_blob(&digest, None).await.unwrap()).await,
+        b"abcdef"
+    );
+    store.delete_blob(&digest).await.unwrap();
+}
+
+async fn abort_and_missing(store: &dyn BlobStore) {
+    let id = "suite-upload-4";
+    let p = store.create_upload(id).await.unwrap();
+    let p = store
+        .append_upload(id, &p, &mut chunks(&[b"zzz"]))
+        .await
+        .unwrap();
+    store.abort_upload(id, &p).await.unwrap();
+    store.abort_upload(id, &p).await.unwrap();
+    assert!(
+        store
+            .append_upload(id, &UploadPosition::default(), &mut chunks(&[b"q"]))
+            .await
+            .is_err()
+    );
+    let missing = Algorithm::Sha256.digest_of(b"never stored");
+    assert!(matches!(
+        store.read_blob(&missing, None).await,
+        Err(StorageError::NotFound(_))
+    ));
+}

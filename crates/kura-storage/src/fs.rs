@@ -1,0 +1,249 @@
+//! Filesystem backend. Layout under the root:
+//!
+//! ```text
+//! blobs/<algorithm>/<first two hex chars>/<hex>   committed, immutable blobs
+//! uploads/<upload id>                             bytes of an upload in progress
+//! ```
+//!
+//! A commit is a `rename` from `uploads/` into `blobs/` on the same filesystem, so a blob is
+//! either wholly visible or absent. With strict durability the data file and both directories
+//! are fsync'ed before the commit returns.
+
+use std::io::{self, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use kura_oci::Digest;
+use tokio::fs;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+use crate::{
+    BlobStore, ByteRange, ByteStream, ChunkSource, Durability, Result, StorageError, UploadPosition,
+};
+
+/// Read buffer for streaming blobs out: large enough to keep syscalls per GiB low.
+const READ_CHUNK: usize = 256 * 1024;
+/// Write buffer for upload data.
+const WRITE_BUFFER: usize = 1024 * 1024;
+
+pub struct FsBlobStore {
+    root: PathBuf,
+    durability: Durability,
+}
+
+impl FsBlobStore {
+    /// Opens (creating if needed) a store rooted at `root`.
+    pub async fn open(root: impl Into<PathBuf>, durability: Durability) -> Result<FsBlobStore> {
+        let root = root.into();
+        fs::create_dir_all(root.join("blobs")).await?;
+        fs::create_dir_all(root.join("uploads")).await?;
+        Ok(FsBlobStore { root, durability })
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.root
+            .join("blobs")
+            .join(digest.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    fn upload_path(&self, upload_id: &str) -> Result<PathBuf> {
+        // Upload ids come from us, but they also come back in URLs: never let one name a path.
+        if upload_id.is_empty()
+            || upload_id.len() > 64
+            || !upload_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(StorageError::NotFound(format!("upload {upload_id:?}")));
+        }
+        Ok(self.root.join("uploads").join(upload_id))
+    }
+}
+
+async fn sync_dir(path: &Path) -> io::Result<()> {
+    let dir = fs::File::open(path).await?;
+    dir.sync_all().await
+}
+
+fn not_found(e: io::Error, what: impl FnOnce() -> String) -> StorageError {
+    if e.kind() == io::ErrorKind::NotFound {
+        StorageError::NotFound(what())
+    } else {
+        StorageError::Io(e)
+    }
+}
+
+#[async_trait]
+impl BlobStore for FsBlobStore {
+    fn kind(&self) -> &'static str {
+        "filesystem"
+    }
+
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        match fs::metadata(self.blob_path(digest)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn read_blob(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream> {
+        let mut file = fs::File::open(self.blob_path(digest))
+            .await
+            .map_err(|e| not_found(e, || digest.to_string()))?;
+        match range {
+            None => Ok(Box::pin(ReaderStream::with_capacity(file, READ_CHUNK))),
+            Some(r) => {
+                file.seek(SeekFrom::Start(r.start)).await?;
+                Ok(Box::pin(ReaderStream::with_capacity(
+                    file.take(r.len()),
+                    READ_CHUNK,
+                )))
+            }
+        }
+    }
+
+    async fn delete_blob(&self, digest: &Digest) -> Result<()> {
+        match fs::remove_file(self.blob_path(digest)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn create_upload(&self, upload_id: &str) -> Result<UploadPosition> {
+        let path = self.upload_path(upload_id)?;
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await?;
+        Ok(UploadPosition::default())
+    }
+
+    async fn append_upload(
+        &self,
+        upload_id: &str,
+        at: &UploadPosition,
+        data: ChunkSource<'_>,
+    ) -> Result<UploadPosition> {
+        let path = self.upload_path(upload_id)?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .await
+            .map_err(|e| not_found(e, || format!("upload {upload_id}")))?;
+        let on_disk = file.metadata().await?.len();
+        if on_disk < at.size {
+            return Err(StorageError::Conflict(format!(
+                "upload {upload_id} holds {on_disk} bytes, expected {}",
+                at.size
+            )));
+        }
+        if on_disk > at.size {
+            // Left over from an append that failed before its position was recorded.
+            file.set_len(at.size).await?;
+        }
+        file.seek(SeekFrom::Start(at.size)).await?;
+        let mut writer = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+        let mut size = at.size;
+        while let Some(chunk) = data.next().await {
+            let chunk = chunk?;
+            writer.write_all(&chunk).await?;
+            size += chunk.len() as u64;
+        }
+        writer.flush().await?;
+        Ok(UploadPosition {
+            size,
+            backend_state: String::new(),
+        })
+    }
+
+    async fn read_upload(&self, upload_id: &str, at: &UploadPosition) -> Result<ByteStream> {
+        let path = self.upload_path(upload_id)?;
+        let file = fs::File::open(&path)
+            .await
+            .map_err(|e| not_found(e, || format!("upload {upload_id}")))?;
+        Ok(Box::pin(ReaderStream::with_capacity(
+            file.take(at.size),
+            READ_CHUNK,
+        )))
+    }
+
+    async fn commit_upload(
+        &self,
+        upload_id: &str,
+        at: &UploadPosition,
+        digest: &Digest,
+    ) -> Result<()> {
+        let src = self.upload_path(upload_id)?;
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(&src)
+            .await
+            .map_err(|e| not_found(e, || format!("upload {upload_id}")))?;
+        if file.metadata().await?.len() != at.size {
+            file.set_len(at.size).await?;
+        }
+        if self.durability == Durability::Strict {
+            file.sync_all().await?;
+        }
+        drop(file);
+        let dst = self.blob_path(digest);
+        let dir = dst.parent().expect("blob path has a parent");
+        fs::create_dir_all(dir).await?;
+        // rename(2) replaces atomically; an existing blob with this digest has the same bytes.
+        fs::rename(&src, &dst).await?;
+        if self.durability == Durability::Strict {
+            sync_dir(dir).await?;
+            sync_dir(&self.root.join("uploads")).await?;
+        }
+        Ok(())
+    }
+
+    async fn abort_upload(&self, upload_id: &str, _at: &UploadPosition) -> Result<()> {
+        let path = self.upload_path(upload_id)?;
+        match fs::remove_file(path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn check(&self) -> Result<()> {
+        let probe = self.root.join("uploads").join(".readyz");
+        fs::write(&probe, b"ok").await?;
+        fs::remove_file(&probe).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn filesystem_passes_the_backend_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path(), Durability::Strict)
+            .await
+            .unwrap();
+        crate::conformance::run_all(&store).await;
+    }
+
+    #[tokio::test]
+    async fn upload_ids_cannot_escape_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path(), Durability::Relaxed)
+            .await
+            .unwrap();
+        for bad in ["../x", "a/b", "", "..", "x\0"] {
+            assert!(store.create_upload(bad).await.is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Blob storage: content-addressed bytes and in-progress upload data, behind one trait.
+//!
+//! The store knows nothing about repositories, tags or who may see what: that is the metadata
+//! store's job, which is the single source of truth for existence. The blob store only keeps
+//! bytes under a digest (and upload bytes under an upload id) and streams them back.
+//!
+//! Every backend is checked by the same suite ([`conformance`]).
+
+pub mod conformance;
+pub mod fs;
+
+use std::io;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+use kura_oci::Digest;
+
+pub use fs::FsBlobStore;
+
+/// A stream of bytes read from or written to storage.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// Data arriving for an upload; the caller hashes it as it passes.
+pub type ChunkSource<'a> = &'a mut (dyn Stream<Item = io::Result<Bytes>> + Send + Unpin);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("not found in storage: {0}")]
+    NotFound(String),
+    #[error("upload state conflict: {0}")]
+    Conflict(String),
+    #[error("storage I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("storage backend error: {0}")]
+    Backend(String),
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// An inclusive byte range within a blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl ByteRange {
+    pub fn len(&self) -> u64 {
+        self.end - self.start + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// Where an upload stands inside the backend. `backend_state` is opaque to callers and is
+/// persisted by them next to the upload row (e.g. multipart ids for object stores); the
+/// filesystem backend needs none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UploadPosition {
+    pub size: u64,
+    pub backend_state: String,
+}
+
+/// How much durability a commit buys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Data and directory entries are fsync'ed before a commit returns.
+    #[default]
+    Strict,
+    /// The page cache decides; a crash may lose recently acknowledged blobs.
+    Relaxed,
+}
+
+/// One pluggable blob backend. Implementations must make `commit_upload` atomic: readers see
+/// either no blob or the whole blob, never a prefix.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Short backend name for logs and readiness reports.
+    fn kind(&self) -> &'static str;
+
+    /// Size of a stored blob, or `None` when absent.
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
+
+    /// Streams a blob, or the inclusive `range` of it.
+    async fn read_blob(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream>;
+
+    /// Removes a blob's bytes. Absent blobs are not an error.
+    async fn delete_blob(&self, digest: &Digest) -> Result<()>;
+
+    /// Prepares storage for a new upload.
+    async fn create_upload(&self, upload_id: &str) -> Result<UploadPosition>;
+
+    /// Appends `data` at `at.size`, returning the new position. Bytes beyond `at.size` left by
+    /// an interrupted earlier append are discarded first, so the recorded position is the truth.
+    async fn append_upload(
+        &self,
+        upload_id: &str,
+        at: &UploadPosition,
+        data: ChunkSource<'_>,
+    ) -> Result<UploadPosition>;
+
+    /// Streams back what an upload holds so far (used to rebuild a hash state).
+    async fn read_upload(&self, upload_id: &str, at: &UploadPosition) -> Result<ByteStream>;
+
+    /// Atomically turns a finished upload into the blob `digest`. The caller has verified the
+    /// digest. If the blob already exists the upload's bytes are simply dropped.
+    async fn commit_upload(
+        &self,
+        upload_id: &str,
+        at: &UploadPosition,
+        digest: &Digest,
+    ) -> Result<()>;
+
+    /// Discards an upload's bytes. Unknown uploads are not an error.
+    async fn abort_upload(&self, upload_id: &str, at: &UploadPosition) -> Result<()>;
+
+    /// Checks the backend is reachable and writable (readiness).
+    async fn check(&self) -> Result<()>;
+}

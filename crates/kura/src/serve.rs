@@ -1,0 +1,126 @@
+//! `kura serve`: wires configuration, backends, the registry service and the HTTP server.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use kura_metadata::MetadataStore;
+use kura_metadata::sql::SqlOptions;
+use kura_registry::{Registry, RegistryConfig};
+use kura_storage::{BlobStore, Durability, FsBlobStore};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{DurabilityMode, LogFormat, ServeArgs, Settings};
+
+pub fn run(args: ServeArgs) -> ExitCode {
+    let settings = match Settings::resolve(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kura: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(settings.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kura: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("kura: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(s: Settings) -> Result<(), String> {
+    std::fs::create_dir_all(&s.data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", s.data_dir.display()))?;
+    let durability = match s.durability {
+        DurabilityMode::Strict => Durability::Strict,
+        DurabilityMode::Relaxed => Durability::Relaxed,
+    };
+    let store: Arc<dyn BlobStore> = Arc::new(
+        FsBlobStore::open(&s.storage_path, durability)
+            .await
+            .map_err(|e| format!("cannot open blob storage {}: {e}", s.storage_path.display()))?,
+    );
+    let meta: Arc<dyn MetadataStore> = Arc::new(
+        kura_metadata::SqlStore::connect(
+            &s.metadata_url,
+            &SqlOptions {
+                max_connections: s.metadata_max_connections,
+                durable_commits: durability == Durability::Strict,
+            },
+        )
+        .await
+        .map_err(|e| format!("cannot open metadata store: {e}"))?,
+    );
+    let registry = Registry::new(
+        meta,
+        store,
+        RegistryConfig {
+            max_manifest_size: s.max_manifest_size,
+            delete_enabled: s.delete_enabled,
+            upload_expiry: s.upload_expiry,
+            chunk_min_length: s.chunk_min_length,
+        },
+        Vec::new(),
+    );
+    let expiry = kura_server::spawn_upload_expiry(registry.clone(), s.upload_sweep);
+    let app = kura_server::router(kura_server::AppState { registry });
+    let listener = tokio::net::TcpListener::bind(&s.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", s.listen))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    tracing::info!(%addr, data_dir = %s.data_dir.display(), "kura is serving");
+    // One machine-readable line on stdout, for scripts and tests that start on port 0.
+    println!("listening on {addr}");
+    let _ = std::io::stdout().flush();
+    let result = kura_server::serve(listener, app, shutdown_signal()).await;
+    expiry.abort();
+    result.map_err(|e| format!("server error: {e}"))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
