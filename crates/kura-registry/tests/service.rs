@@ -1,0 +1,335 @@
+//! The registry service's rules, exercised without HTTP over the real embedded backends
+//! (SQLite metadata + filesystem blobs in a temporary directory).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use kura_metadata::MetadataStore;
+use kura_metadata::sql::{SqlOptions, SqlStore};
+use kura_oci::{Algorithm, Digest, ErrorCode, Reference, RepositoryName};
+use kura_registry::{EventSink, Registry, RegistryConfig, RegistryEvent};
+use kura_storage::{BlobStore, Durability, FsBlobStore};
+
+struct Recorder(Mutex<Vec<RegistryEvent>>);
+
+impl EventSink for Recorder {
+    fn emit(&self, event: &RegistryEvent) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    reg: Registry,
+    events: Arc<Recorder>,
+    blobs_root: std::path::PathBuf,
+}
+
+async fn env_with(config: RegistryConfig) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs_root = dir.path().join("blobs");
+    let store: Arc<dyn BlobStore> =
+        Arc::new(FsBlobStore::open(&blobs_root, Durability::Relaxed).await.unwrap());
+    let url = format!("sqlite://{}", dir.path().join("kura.db").display());
+    let meta: Arc<dyn MetadataStore> =
+        Arc::new(SqlStore::connect(&url, &SqlOptions::default()).await.unwrap());
+    let events = Arc::new(Recorder(Mutex::new(Vec::new())));
+    let reg = Registry::new(meta, store, config, vec![events.clone()]);
+    Env {
+        _dir: dir,
+        reg,
+        events,
+        blobs_root,
+    }
+}
+
+async fn env() -> Env {
+    env_with(RegistryConfig::default()).await
+}
+
+fn name(s: &str) -> RepositoryName {
+    RepositoryName::parse(s).unwrap()
+}
+
+fn chunks(parts: Vec<Vec<u8>>) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Unpin {
+    stream::iter(parts.into_iter().map(|p| Ok(Bytes::from(p))))
+}
+
+async fn push(reg: &Registry, repo: &RepositoryName, data: &[u8]) -> Digest {
+    let d = Algorithm::Sha256.digest_of(data);
+    reg.push_blob(repo, &d, &mut chunks(vec![data.to_vec()]))
+        .await
+        .unwrap();
+    d
+}
+
+fn blob_files(root: &std::path::Path) -> usize {
+    walk(&root.join("blobs"))
+}
+
+fn walk(p: &std::path::Path) -> usize {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.map(|e| {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    walk(&e.path())
+                } else {
+                    1
+                }
+            })
+            .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn chunked_upload_resumes_and_verifies() {
+    let e = env().await;
+    let repo = name("team/app");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let digest = Algorithm::Sha256.digest_of(&data);
+    let up = e.reg.start_upload(&repo).await.unwrap();
+    let s = e
+        .reg
+        .append_upload(&repo, &up.id, Some(0), &mut chunks(vec![data[..100_000].to_vec()]))
+        .await
+        .unwrap();
+    assert_eq!(s.size, 100_000);
+    // Out of order: 416 with the current position.
+    let err = e
+        .reg
+        .append_upload(&repo, &up.id, Some(5), &mut chunks(vec![vec![1]]))
+        .await
+        .unwrap_err();
+    assert_eq!((err.code, err.status), (ErrorCode::BlobUploadInvalid, 416));
+    assert_eq!(err.upload.unwrap().size, 100_000);
+    // A streamed append (no offset) continues where the upload stands.
+    e.reg
+        .append_upload(&repo, &up.id, None, &mut chunks(vec![data[100_000..].to_vec()]))
+        .await
+        .unwrap();
+    assert_eq!(e.reg.upload_status(&repo, &up.id).await.unwrap().size, 300_000);
+    // The upload is not visible from another repository.
+    assert_eq!(
+        e.reg.upload_status(&name("other"), &up.id).await.unwrap_err().code,
+        ErrorCode::BlobUploadUnknown
+    );
+    let size = e.reg.finish_upload(&repo, &up.id, &digest, None).await.unwrap();
+    assert_eq!(size, 300_000);
+    assert_eq!(e.reg.stat_blob(&repo, &digest).await.unwrap(), 300_000);
+    assert_eq!(
+        e.reg.upload_status(&repo, &up.id).await.unwrap_err().code,
+        ErrorCode::BlobUploadUnknown
+    );
+}
+
+#[tokio::test]
+async fn sha512_digest_is_verified_by_rehashing() {
+    let e = env().await;
+    let repo = name("r");
+    let data = b"sha512 content".to_vec();
+    let digest = Algorithm::Sha512.digest_of(&data);
+    e.reg
+        .push_blob(&repo, &digest, &mut chunks(vec![data.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(e.reg.stat_blob(&repo, &digest).await.unwrap(), data.len() as u64);
+}
+
+#[tokio::test]
+async fn wrong_digest_leaves_nothing_visible() {
+    let e = env().await;
+    let repo = name("r");
+    let claimed = Algorithm::Sha256.digest_of(b"what the client claims");
+    let err = e
+        .reg
+        .push_blob(&repo, &claimed, &mut chunks(vec![b"other bytes".to_vec()]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::DigestInvalid);
+    assert_eq!(
+        e.reg.stat_blob(&repo, &claimed).await.unwrap_err().code,
+        ErrorCode::BlobUnknown
+    );
+    assert_eq!(blob_files(&e.blobs_root), 0);
+    // No upload data is left behind either (the discard runs in the background).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(walk(&e.blobs_root.join("uploads")), 0);
+}
+
+#[tokio::test]
+async fn concurrent_pushes_of_one_blob_store_it_once() {
+    let e = env().await;
+    let data = vec![7u8; 1 << 20];
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let reg = e.reg.clone();
+        let data = data.clone();
+        tasks.push(tokio::spawn(async move {
+            let repo = name(&format!("p/r{}", i % 3));
+            push(&reg, &repo, &data).await
+        }));
+    }
+    let mut digests = Vec::new();
+    for t in tasks {
+        digests.push(t.await.unwrap());
+    }
+    digests.dedup();
+    assert_eq!(digests.len(), 1);
+    assert_eq!(blob_files(&e.blobs_root), 1, "content-addressed: stored once");
+    for i in 0..3 {
+        assert_eq!(
+            e.reg.stat_blob(&name(&format!("p/r{i}")), &digests[0]).await.unwrap(),
+            1 << 20
+        );
+    }
+}
+
+#[tokio::test]
+async fn mount_links_only_what_the_source_sees() {
+    let e = env().await;
+    let d = push(&e.reg, &name("src"), b"layer").await;
+    assert!(e.reg.mount_blob(&name("dst"), &d, &name("src")).await.unwrap());
+    assert!(e.reg.stat_blob(&name("dst"), &d).await.is_ok());
+    let unknown = Algorithm::Sha256.digest_of(b"nope");
+    assert!(!e.reg.mount_blob(&name("dst"), &unknown, &name("src")).await.unwrap());
+    assert!(!e.reg.mount_blob(&name("dst2"), &d, &name("nosuch")).await.unwrap());
+}
+
+fn image_manifest(config: &Digest, layer: &Digest, subject: Option<&Digest>) -> Vec<u8> {
+    let mut m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.to_string(), "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.to_string(), "size": 5}],
+    });
+    if let Some(s) = subject {
+        m["subject"] = serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": s.to_string(), "size": 10});
+        m["annotations"] = serde_json::json!({"k": "v"});
+    }
+    serde_json::to_vec(&m).unwrap()
+}
+
+#[tokio::test]
+async fn manifests_tags_referrers_and_deletes() {
+    let e = env().await;
+    let repo = name("team/app");
+    let cfg = push(&e.reg, &repo, b"{}").await;
+    let layer = push(&e.reg, &repo, b"layer").await;
+    let body = image_manifest(&cfg, &layer, None);
+    let pushed = e
+        .reg
+        .put_manifest(&repo, &Reference::Tag("v1".into()), None, Bytes::from(body.clone()))
+        .await
+        .unwrap();
+    assert_eq!(pushed.digest, Algorithm::Sha256.digest_of(&body));
+    let got = e
+        .reg
+        .get_manifest(&repo, &Reference::Tag("v1".into()), true)
+        .await
+        .unwrap();
+    assert_eq!(got.payload.unwrap().as_ref(), &body[..]);
+
+    // A referrer whose subject does not exist yet is accepted.
+    let sig = image_manifest(&cfg, &layer, Some(&pushed.digest));
+    let sig_d = Algorithm::Sha256.digest_of(&sig);
+    let r = e
+        .reg
+        .put_manifest(&repo, &Reference::Digest(sig_d.clone()), None, Bytes::from(sig))
+        .await
+        .unwrap();
+    assert_eq!(r.subject.as_ref(), Some(&pushed.digest));
+    let idx = e.reg.referrers(&repo, &pushed.digest, None).await.unwrap();
+    assert_eq!(idx["manifests"][0]["digest"], sig_d.to_string());
+    assert_eq!(idx["manifests"][0]["annotations"]["k"], "v");
+    assert_eq!(
+        idx["manifests"][0]["artifactType"],
+        "application/vnd.oci.image.config.v1+json"
+    );
+
+    // Missing layer → MANIFEST_BLOB_UNKNOWN and nothing stored.
+    let missing = Algorithm::Sha256.digest_of(b"missing");
+    let err = e
+        .reg
+        .put_manifest(
+            &repo,
+            &Reference::Tag("bad".into()),
+            None,
+            Bytes::from(image_manifest(&cfg, &missing, None)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::ManifestBlobUnknown);
+    assert!(e.reg.list_tags(&repo, None, 10).await.unwrap().tags == vec!["v1"]);
+
+    // Delete by tag keeps the manifest; delete by digest removes it and its tags.
+    e.reg
+        .put_manifest(&repo, &Reference::Tag("v2".into()), None, Bytes::from(body.clone()))
+        .await
+        .unwrap();
+    e.reg
+        .delete_manifest(&repo, &Reference::Tag("v1".into()))
+        .await
+        .unwrap();
+    assert!(
+        e.reg
+            .get_manifest(&repo, &Reference::Digest(pushed.digest.clone()), false)
+            .await
+            .is_ok()
+    );
+    e.reg
+        .delete_manifest(&repo, &Reference::Digest(pushed.digest.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        e.reg
+            .get_manifest(&repo, &Reference::Tag("v2".into()), false)
+            .await
+            .unwrap_err()
+            .code,
+        ErrorCode::ManifestUnknown
+    );
+    let events = e.events.0.lock().unwrap();
+    assert!(events.iter().any(|ev| matches!(ev, RegistryEvent::ManifestDeleted { tags, .. } if tags == &vec!["v2".to_string()])));
+    assert!(events.iter().any(|ev| matches!(ev, RegistryEvent::TagDeleted { tag, .. } if tag == "v1")));
+}
+
+#[tokio::test]
+async fn deletes_can_be_disabled() {
+    let e = env_with(RegistryConfig {
+        delete_enabled: false,
+        ..Default::default()
+    })
+    .await;
+    let repo = name("r");
+    let d = push(&e.reg, &repo, b"x").await;
+    let err = e.reg.delete_blob(&repo, &d).await.unwrap_err();
+    assert_eq!((err.code, err.status), (ErrorCode::Unsupported, 405));
+}
+
+#[tokio::test]
+async fn expired_uploads_are_purged() {
+    let e = env_with(RegistryConfig {
+        upload_expiry: Duration::from_millis(0),
+        ..Default::default()
+    })
+    .await;
+    let repo = name("r");
+    let up = e.reg.start_upload(&repo).await.unwrap();
+    e.reg
+        .append_upload(&repo, &up.id, None, &mut chunks(vec![vec![1, 2, 3]]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(e.reg.purge_stale_uploads().await.unwrap(), 1);
+    assert_eq!(
+        e.reg.upload_status(&repo, &up.id).await.unwrap_err().code,
+        ErrorCode::BlobUploadUnknown
+    );
+    assert_eq!(walk(&e.blobs_root.join("uploads")), 0);
+}
