@@ -28,6 +28,8 @@ pub type Result<T, E = MetadataError> = std::result::Result<T, E>;
 pub struct BlobRecord {
     pub digest: String,
     pub size: u64,
+    /// Where blob storage keeps the bytes.
+    pub storage_key: String,
 }
 
 /// An upload session. `hash_state` lets any replica continue hashing where the last chunk ended.
@@ -120,14 +122,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Removes a repository's link to a blob; false when there was none.
     async fn unlink_blob(&self, repository_id: i64, digest: &str) -> Result<bool>;
     /// Records a committed blob, links it to the repository and ends the upload session, in
-    /// one transaction.
+    /// one transaction. Returns the storage key the digest is recorded under: `storage_key`,
+    /// or the key of an earlier commit of the same digest (the caller then drops its copy).
     async fn commit_blob(
         &self,
         repository_id: i64,
         digest: &str,
         size: u64,
+        storage_key: &str,
         upload_id: &str,
-    ) -> Result<()>;
+    ) -> Result<String>;
 
     // --- uploads -------------------------------------------------------------------------
     async fn create_upload(&self, upload: &UploadRecord) -> Result<()>;

@@ -318,9 +318,9 @@ impl MetadataStore for SqlStore {
         repository_id: i64,
         digest: &str,
     ) -> Result<Option<BlobRecord>> {
-        let row: Option<(String, i64)> = with_read!(self, |p| {
+        let row: Option<(String, i64, String)> = with_read!(self, |p| {
             sqlx::query_as(
-                "SELECT b.digest, b.size FROM repository_blobs rb \
+                "SELECT b.digest, b.size, b.storage_key FROM repository_blobs rb \
                  JOIN blobs b ON b.digest = rb.digest \
                  WHERE rb.repository_id = $1 AND rb.digest = $2",
             )
@@ -329,9 +329,10 @@ impl MetadataStore for SqlStore {
             .fetch_optional(p)
             .await?
         });
-        Ok(row.map(|(digest, size)| BlobRecord {
+        Ok(row.map(|(digest, size, storage_key)| BlobRecord {
             digest,
             size: size as u64,
+            storage_key,
         }))
     }
 
@@ -380,20 +381,27 @@ impl MetadataStore for SqlStore {
         repository_id: i64,
         digest: &str,
         size: u64,
+        storage_key: &str,
         upload_id: &str,
-    ) -> Result<()> {
+    ) -> Result<String> {
         let now = now_ms();
         with_write!(self, |p| {
             let mut tx = p.begin().await?;
             sqlx::query(
-                "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (digest) DO NOTHING",
+                "INSERT INTO blobs (digest, size, storage_key, created_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING",
             )
             .bind(digest)
             .bind(size as i64)
+            .bind(storage_key)
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            let recorded: String =
+                sqlx::query_scalar("SELECT storage_key FROM blobs WHERE digest = $1")
+                    .bind(digest)
+                    .fetch_one(&mut *tx)
+                    .await?;
             sqlx::query(
                 "INSERT INTO repository_blobs (repository_id, digest, created_at) \
                  VALUES ($1, $2, $3) ON CONFLICT (repository_id, digest) DO NOTHING",
@@ -408,8 +416,8 @@ impl MetadataStore for SqlStore {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-        });
-        Ok(())
+            Ok(recorded)
+        })
     }
 
     async fn create_upload(&self, u: &UploadRecord) -> Result<()> {
@@ -783,9 +791,15 @@ mod tests {
         assert!(s.advance_upload("u1", 0, 10, &[9], "").await.unwrap());
         assert!(!s.advance_upload("u1", 0, 20, &[9], "").await.unwrap());
         assert_eq!(s.upload("u1").await.unwrap().unwrap().size, 10);
-        s.commit_blob(repo, D1, 10, "u1").await.unwrap();
+        assert_eq!(s.commit_blob(repo, D1, 10, "k1", "u1").await.unwrap(), "k1");
+        assert_eq!(
+            s.commit_blob(other, D1, 10, "k2", "gone").await.unwrap(),
+            "k1"
+        );
+        assert!(s.unlink_blob(other, D1).await.unwrap());
         assert!(s.upload("u1").await.unwrap().is_none());
-        assert_eq!(s.repository_blob(repo, D1).await.unwrap().unwrap().size, 10);
+        let b = s.repository_blob(repo, D1).await.unwrap().unwrap();
+        assert_eq!((b.size, b.storage_key.as_str()), (10, "k1"));
         assert!(s.repository_blob(other, D1).await.unwrap().is_none());
         assert!(s.link_blob(other, D1).await.unwrap());
         assert!(s.link_blob(other, D1).await.unwrap());

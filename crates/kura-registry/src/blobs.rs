@@ -1,39 +1,38 @@
 //! Blob reads and deletes, scoped to a repository: a repository sees only blobs linked to it.
 
+use kura_metadata::BlobRecord;
 use kura_oci::{Digest, RepositoryName};
 use kura_storage::{ByteRange, ByteStream, StorageError};
 
 use crate::{Registry, RegistryError, RegistryEvent, Result};
 
 impl Registry {
-    /// Size of a blob visible in `repo`, or BLOB_UNKNOWN.
-    pub async fn stat_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<u64> {
+    /// A blob visible in `repo` (size and storage key), or BLOB_UNKNOWN.
+    pub async fn stat_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<BlobRecord> {
         let Some(rid) = self.repository_id(repo).await? else {
             return Err(RegistryError::blob_unknown(digest));
         };
-        match self
-            .inner
+        self.inner
             .meta
             .repository_blob(rid, &digest.to_string())
             .await?
-        {
-            Some(b) => Ok(b.size),
-            None => Err(RegistryError::blob_unknown(digest)),
-        }
+            .ok_or_else(|| RegistryError::blob_unknown(digest))
     }
 
-    /// Streams a blob (or an inclusive range of it, already validated against its size).
+    /// Streams a blob found by [`Registry::stat_blob`] (or an inclusive range of it, already
+    /// validated against its size).
     pub async fn read_blob(
         &self,
         repo: &RepositoryName,
-        digest: &Digest,
+        blob: &BlobRecord,
         range: Option<ByteRange>,
     ) -> Result<ByteStream> {
-        match self.inner.store.read_blob(digest, range).await {
+        let digest = &blob.digest;
+        match self.inner.store.read_blob(&blob.storage_key, range).await {
             Ok(s) => {
                 self.emit(RegistryEvent::BlobPulled {
                     repository: repo.to_string(),
-                    digest: digest.to_string(),
+                    digest: digest.clone(),
                 });
                 Ok(s)
             }

@@ -251,19 +251,28 @@ impl Registry {
                 "actual": actual.to_string(),
             })));
         }
-        self.inner
+        let key = self
+            .inner
             .store
             .commit_upload(&upload.id, &at, digest)
             .await?;
-        self.inner
+        let recorded = self
+            .inner
             .meta
             .commit_blob(
                 upload.repository_id,
                 &digest.to_string(),
                 upload.size,
+                &key,
                 &upload.id,
             )
             .await?;
+        if recorded != key {
+            // The same content was committed earlier under another key: keep one copy.
+            if let Err(e) = self.inner.store.delete_blob(&key).await {
+                tracing::warn!(%key, error = %e, "could not remove a duplicate blob copy");
+            }
+        }
         self.emit(RegistryEvent::BlobPushed {
             repository: repo.to_string(),
             digest: digest.to_string(),

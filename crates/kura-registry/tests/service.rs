@@ -30,11 +30,17 @@ struct Env {
 async fn env_with(config: RegistryConfig) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let blobs_root = dir.path().join("blobs");
-    let store: Arc<dyn BlobStore> =
-        Arc::new(FsBlobStore::open(&blobs_root, Durability::Relaxed).await.unwrap());
+    let store: Arc<dyn BlobStore> = Arc::new(
+        FsBlobStore::open(&blobs_root, Durability::Relaxed)
+            .await
+            .unwrap(),
+    );
     let url = format!("sqlite://{}", dir.path().join("kura.db").display());
-    let meta: Arc<dyn MetadataStore> =
-        Arc::new(SqlStore::connect(&url, &SqlOptions::default()).await.unwrap());
+    let meta: Arc<dyn MetadataStore> = Arc::new(
+        SqlStore::connect(&url, &SqlOptions::default())
+            .await
+            .unwrap(),
+    );
     let events = Arc::new(Recorder(Mutex::new(Vec::new())));
     let reg = Registry::new(meta, store, config, vec![events.clone()]);
     Env {
@@ -94,7 +100,12 @@ async fn chunked_upload_resumes_and_verifies() {
     let up = e.reg.start_upload(&repo).await.unwrap();
     let s = e
         .reg
-        .append_upload(&repo, &up.id, Some(0), &mut chunks(vec![data[..100_000].to_vec()]))
+        .append_upload(
+            &repo,
+            &up.id,
+            Some(0),
+            &mut chunks(vec![data[..100_000].to_vec()]),
+        )
         .await
         .unwrap();
     assert_eq!(s.size, 100_000);
@@ -108,18 +119,34 @@ async fn chunked_upload_resumes_and_verifies() {
     assert_eq!(err.upload.unwrap().size, 100_000);
     // A streamed append (no offset) continues where the upload stands.
     e.reg
-        .append_upload(&repo, &up.id, None, &mut chunks(vec![data[100_000..].to_vec()]))
+        .append_upload(
+            &repo,
+            &up.id,
+            None,
+            &mut chunks(vec![data[100_000..].to_vec()]),
+        )
         .await
         .unwrap();
-    assert_eq!(e.reg.upload_status(&repo, &up.id).await.unwrap().size, 300_000);
+    assert_eq!(
+        e.reg.upload_status(&repo, &up.id).await.unwrap().size,
+        300_000
+    );
     // The upload is not visible from another repository.
     assert_eq!(
-        e.reg.upload_status(&name("other"), &up.id).await.unwrap_err().code,
+        e.reg
+            .upload_status(&name("other"), &up.id)
+            .await
+            .unwrap_err()
+            .code,
         ErrorCode::BlobUploadUnknown
     );
-    let size = e.reg.finish_upload(&repo, &up.id, &digest, None).await.unwrap();
+    let size = e
+        .reg
+        .finish_upload(&repo, &up.id, &digest, None)
+        .await
+        .unwrap();
     assert_eq!(size, 300_000);
-    assert_eq!(e.reg.stat_blob(&repo, &digest).await.unwrap(), 300_000);
+    assert_eq!(e.reg.stat_blob(&repo, &digest).await.unwrap().size, 300_000);
     assert_eq!(
         e.reg.upload_status(&repo, &up.id).await.unwrap_err().code,
         ErrorCode::BlobUploadUnknown
@@ -136,7 +163,10 @@ async fn sha512_digest_is_verified_by_rehashing() {
         .push_blob(&repo, &digest, &mut chunks(vec![data.clone()]))
         .await
         .unwrap();
-    assert_eq!(e.reg.stat_blob(&repo, &digest).await.unwrap(), data.len() as u64);
+    assert_eq!(
+        e.reg.stat_blob(&repo, &digest).await.unwrap().size,
+        data.len() as u64
+    );
 }
 
 #[tokio::test]
@@ -179,10 +209,18 @@ async fn concurrent_pushes_of_one_blob_store_it_once() {
     }
     digests.dedup();
     assert_eq!(digests.len(), 1);
-    assert_eq!(blob_files(&e.blobs_root), 1, "content-addressed: stored once");
+    assert_eq!(
+        blob_files(&e.blobs_root),
+        1,
+        "content-addressed: stored once"
+    );
     for i in 0..3 {
         assert_eq!(
-            e.reg.stat_blob(&name(&format!("p/r{i}")), &digests[0]).await.unwrap(),
+            e.reg
+                .stat_blob(&name(&format!("p/r{i}")), &digests[0])
+                .await
+                .unwrap()
+                .size,
             1 << 20
         );
     }
@@ -192,11 +230,26 @@ async fn concurrent_pushes_of_one_blob_store_it_once() {
 async fn mount_links_only_what_the_source_sees() {
     let e = env().await;
     let d = push(&e.reg, &name("src"), b"layer").await;
-    assert!(e.reg.mount_blob(&name("dst"), &d, &name("src")).await.unwrap());
+    assert!(
+        e.reg
+            .mount_blob(&name("dst"), &d, &name("src"))
+            .await
+            .unwrap()
+    );
     assert!(e.reg.stat_blob(&name("dst"), &d).await.is_ok());
     let unknown = Algorithm::Sha256.digest_of(b"nope");
-    assert!(!e.reg.mount_blob(&name("dst"), &unknown, &name("src")).await.unwrap());
-    assert!(!e.reg.mount_blob(&name("dst2"), &d, &name("nosuch")).await.unwrap());
+    assert!(
+        !e.reg
+            .mount_blob(&name("dst"), &unknown, &name("src"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !e.reg
+            .mount_blob(&name("dst2"), &d, &name("nosuch"))
+            .await
+            .unwrap()
+    );
 }
 
 fn image_manifest(config: &Digest, layer: &Digest, subject: Option<&Digest>) -> Vec<u8> {
@@ -224,7 +277,12 @@ async fn manifests_tags_referrers_and_deletes() {
     let body = image_manifest(&cfg, &layer, None);
     let pushed = e
         .reg
-        .put_manifest(&repo, &Reference::Tag("v1".into()), None, Bytes::from(body.clone()))
+        .put_manifest(
+            &repo,
+            &Reference::Tag("v1".into()),
+            None,
+            Bytes::from(body.clone()),
+        )
         .await
         .unwrap();
     assert_eq!(pushed.digest, Algorithm::Sha256.digest_of(&body));
@@ -240,7 +298,12 @@ async fn manifests_tags_referrers_and_deletes() {
     let sig_d = Algorithm::Sha256.digest_of(&sig);
     let r = e
         .reg
-        .put_manifest(&repo, &Reference::Digest(sig_d.clone()), None, Bytes::from(sig))
+        .put_manifest(
+            &repo,
+            &Reference::Digest(sig_d.clone()),
+            None,
+            Bytes::from(sig),
+        )
         .await
         .unwrap();
     assert_eq!(r.subject.as_ref(), Some(&pushed.digest));
@@ -269,7 +332,12 @@ async fn manifests_tags_referrers_and_deletes() {
 
     // Delete by tag keeps the manifest; delete by digest removes it and its tags.
     e.reg
-        .put_manifest(&repo, &Reference::Tag("v2".into()), None, Bytes::from(body.clone()))
+        .put_manifest(
+            &repo,
+            &Reference::Tag("v2".into()),
+            None,
+            Bytes::from(body.clone()),
+        )
         .await
         .unwrap();
     e.reg
@@ -296,7 +364,11 @@ async fn manifests_tags_referrers_and_deletes() {
     );
     let events = e.events.0.lock().unwrap();
     assert!(events.iter().any(|ev| matches!(ev, RegistryEvent::ManifestDeleted { tags, .. } if tags == &vec!["v2".to_string()])));
-    assert!(events.iter().any(|ev| matches!(ev, RegistryEvent::TagDeleted { tag, .. } if tag == "v1")));
+    assert!(
+        events
+            .iter()
+            .any(|ev| matches!(ev, RegistryEvent::TagDeleted { tag, .. } if tag == "v1"))
+    );
 }
 
 #[tokio::test]

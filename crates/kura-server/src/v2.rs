@@ -398,7 +398,8 @@ async fn get_blob(
 ) -> ApiResult {
     let repo = parse_name(name)?;
     let digest = parse_digest(digest)?;
-    let size = state.registry.stat_blob(&repo, &digest).await?;
+    let blob = state.registry.stat_blob(&repo, &digest).await?;
+    let size = blob.size;
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let digest_s = digest.to_string();
     let base = |status: StatusCode| {
@@ -432,7 +433,7 @@ async fn get_blob(
     if head {
         return Ok(builder.body(Body::empty()).expect("valid response"));
     }
-    let stream = state.registry.read_blob(&repo, &digest, range).await?;
+    let stream = state.registry.read_blob(&repo, &blob, range).await?;
     Ok(builder
         .body(Body::from_stream(stream))
         .expect("valid response"))

@@ -35,7 +35,6 @@ pub async fn run_all(store: &dyn BlobStore) {
 async fn upload_commit_read(store: &dyn BlobStore) {
     let data = b"hello, storehouse";
     let digest = Algorithm::Sha256.digest_of(data);
-    assert_eq!(store.blob_size(&digest).await.unwrap(), None);
 
     let id = "suite-upload-1";
     let pos = store.create_upload(id).await.unwrap();
@@ -54,42 +53,56 @@ async fn upload_commit_read(store: &dyn BlobStore) {
         collect(store.read_upload(id, &pos).await.unwrap()).await,
         data
     );
-    // Not visible before commit.
-    assert_eq!(store.blob_size(&digest).await.unwrap(), None);
-    store.commit_upload(id, &pos, &digest).await.unwrap();
+    let key = store.commit_upload(id, &pos, &digest).await.unwrap();
 
     assert_eq!(
-        store.blob_size(&digest).await.unwrap(),
+        store.blob_size(&key).await.unwrap(),
         Some(data.len() as u64)
     );
     assert_eq!(
-        collect(store.read_blob(&digest, None).await.unwrap()).await,
+        collect(store.read_blob(&key, None).await.unwrap()).await,
         data
     );
     let r = ByteRange { start: 7, end: 11 };
     assert_eq!(
-        collect(store.read_blob(&digest, Some(r)).await.unwrap()).await,
+        collect(store.read_blob(&key, Some(r)).await.unwrap()).await,
         b"store"
     );
+    let r = ByteRange { start: 16, end: 16 };
+    assert_eq!(
+        collect(store.read_blob(&key, Some(r)).await.unwrap()).await,
+        b"e"
+    );
 
-    // Committing the same content again is harmless.
+    // Committing the same content again is harmless, whatever key it gets.
     let pos = store.create_upload("suite-upload-2").await.unwrap();
     let pos = store
         .append_upload("suite-upload-2", &pos, &mut chunks(&[data]))
         .await
         .unwrap();
-    store
+    let key2 = store
         .commit_upload("suite-upload-2", &pos, &digest)
         .await
         .unwrap();
     assert_eq!(
-        collect(store.read_blob(&digest, None).await.unwrap()).await,
+        collect(store.read_blob(&key, None).await.unwrap()).await,
         data
     );
+    assert_eq!(
+        collect(store.read_blob(&key2, None).await.unwrap()).await,
+        data
+    );
+    if key2 != key {
+        store.delete_blob(&key2).await.unwrap();
+        assert_eq!(
+            collect(store.read_blob(&key, None).await.unwrap()).await,
+            data
+        );
+    }
 
-    store.delete_blob(&digest).await.unwrap();
-    assert_eq!(store.blob_size(&digest).await.unwrap(), None);
-    store.delete_blob(&digest).await.unwrap();
+    store.delete_blob(&key).await.unwrap();
+    assert_eq!(store.blob_size(&key).await.unwrap(), None);
+    store.delete_blob(&key).await.unwrap();
 }
 
 async fn resume_discards_unrecorded_tail(store: &dyn BlobStore) {
@@ -114,12 +127,12 @@ async fn resume_discards_unrecorded_tail(store: &dyn BlobStore) {
         b"abcdef"
     );
     let digest: Digest = Algorithm::Sha256.digest_of(b"abcdef");
-    store.commit_upload(id, &p2, &digest).await.unwrap();
+    let key = store.commit_upload(id, &p2, &digest).await.unwrap();
     assert_eq!(
-        collect(store.read_blob(&digest, None).await.unwrap()).await,
+        collect(store.read_blob(&key, None).await.unwrap()).await,
         b"abcdef"
     );
-    store.delete_blob(&digest).await.unwrap();
+    store.delete_blob(&key).await.unwrap();
 }
 
 async fn abort_and_missing(store: &dyn BlobStore) {
@@ -138,8 +151,14 @@ async fn abort_and_missing(store: &dyn BlobStore) {
             .is_err()
     );
     let missing = Algorithm::Sha256.digest_of(b"never stored");
+    let pos = store.create_upload("suite-upload-5").await.unwrap();
+    let key = store
+        .commit_upload("suite-upload-5", &pos, &missing)
+        .await
+        .unwrap();
+    store.delete_blob(&key).await.unwrap();
     assert!(matches!(
-        store.read_blob(&missing, None).await,
+        store.read_blob(&key, None).await,
         Err(StorageError::NotFound(_))
     ));
 }

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! blobs/<algorithm>/<first two hex chars>/<hex>   committed, immutable blobs
+//!                                                 (the storage key is the part after blobs/)
 //! uploads/<upload id>                             bytes of an upload in progress
 //! ```
 //!
@@ -42,13 +43,22 @@ impl FsBlobStore {
         Ok(FsBlobStore { root, durability })
     }
 
-    fn blob_path(&self, digest: &Digest) -> PathBuf {
+    /// The storage key of a digest: `<alg>/<2 hex>/<hex>`.
+    fn key_for(digest: &Digest) -> String {
         let hex = digest.hex();
-        self.root
-            .join("blobs")
-            .join(digest.algorithm().as_str())
-            .join(&hex[..2])
-            .join(hex)
+        format!("{}/{}/{}", digest.algorithm().as_str(), &hex[..2], hex)
+    }
+
+    fn blob_path(&self, key: &str) -> Result<PathBuf> {
+        // Keys come from our metadata, but never let one name a path outside blobs/.
+        let ok = key.split('/').count() == 3
+            && key
+                .split('/')
+                .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric()));
+        if !ok {
+            return Err(StorageError::NotFound(format!("blob key {key:?}")));
+        }
+        Ok(self.root.join("blobs").join(key))
     }
 
     fn upload_path(&self, upload_id: &str) -> Result<PathBuf> {
@@ -84,18 +94,18 @@ impl BlobStore for FsBlobStore {
         "filesystem"
     }
 
-    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        match fs::metadata(self.blob_path(digest)).await {
+    async fn blob_size(&self, key: &str) -> Result<Option<u64>> {
+        match fs::metadata(self.blob_path(key)?).await {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
-    async fn read_blob(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream> {
-        let mut file = fs::File::open(self.blob_path(digest))
+    async fn read_blob(&self, key: &str, range: Option<ByteRange>) -> Result<ByteStream> {
+        let mut file = fs::File::open(self.blob_path(key)?)
             .await
-            .map_err(|e| not_found(e, || digest.to_string()))?;
+            .map_err(|e| not_found(e, || key.to_string()))?;
         match range {
             None => Ok(Box::pin(ReaderStream::with_capacity(file, READ_CHUNK))),
             Some(r) => {
@@ -108,8 +118,8 @@ impl BlobStore for FsBlobStore {
         }
     }
 
-    async fn delete_blob(&self, digest: &Digest) -> Result<()> {
-        match fs::remove_file(self.blob_path(digest)).await {
+    async fn delete_blob(&self, key: &str) -> Result<()> {
+        match fs::remove_file(self.blob_path(key)?).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
@@ -180,7 +190,7 @@ impl BlobStore for FsBlobStore {
         upload_id: &str,
         at: &UploadPosition,
         digest: &Digest,
-    ) -> Result<()> {
+    ) -> Result<String> {
         let src = self.upload_path(upload_id)?;
         let file = fs::OpenOptions::new()
             .write(true)
@@ -194,7 +204,8 @@ impl BlobStore for FsBlobStore {
             file.sync_all().await?;
         }
         drop(file);
-        let dst = self.blob_path(digest);
+        let key = Self::key_for(digest);
+        let dst = self.blob_path(&key)?;
         let dir = dst.parent().expect("blob path has a parent");
         fs::create_dir_all(dir).await?;
         // rename(2) replaces atomically; an existing blob with this digest has the same bytes.
@@ -203,7 +214,7 @@ impl BlobStore for FsBlobStore {
             sync_dir(dir).await?;
             sync_dir(&self.root.join("uploads")).await?;
         }
-        Ok(())
+        Ok(key)
     }
 
     async fn abort_upload(&self, upload_id: &str, _at: &UploadPosition) -> Result<()> {

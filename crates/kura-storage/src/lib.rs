@@ -2,7 +2,8 @@
 //!
 //! The store knows nothing about repositories, tags or who may see what: that is the metadata
 //! store's job, which is the single source of truth for existence. The blob store only keeps
-//! bytes under a digest (and upload bytes under an upload id) and streams them back.
+//! bytes under a storage key chosen at commit (and upload bytes under an upload id) and
+//! streams them back; metadata maps each digest to its key.
 //!
 //! Every backend is checked by the same suite ([`conformance`]).
 
@@ -82,14 +83,14 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Short backend name for logs and readiness reports.
     fn kind(&self) -> &'static str;
 
-    /// Size of a stored blob, or `None` when absent.
-    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// Size of the blob stored under `key`, or `None` when absent.
+    async fn blob_size(&self, key: &str) -> Result<Option<u64>>;
 
-    /// Streams a blob, or the inclusive `range` of it.
-    async fn read_blob(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream>;
+    /// Streams the blob stored under `key`, or the inclusive `range` of it.
+    async fn read_blob(&self, key: &str, range: Option<ByteRange>) -> Result<ByteStream>;
 
-    /// Removes a blob's bytes. Absent blobs are not an error.
-    async fn delete_blob(&self, digest: &Digest) -> Result<()>;
+    /// Removes the blob stored under `key`. Absent blobs are not an error.
+    async fn delete_blob(&self, key: &str) -> Result<()>;
 
     /// Prepares storage for a new upload.
     async fn create_upload(&self, upload_id: &str) -> Result<UploadPosition>;
@@ -106,14 +107,17 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Streams back what an upload holds so far (used to rebuild a hash state).
     async fn read_upload(&self, upload_id: &str, at: &UploadPosition) -> Result<ByteStream>;
 
-    /// Atomically turns a finished upload into the blob `digest`. The caller has verified the
-    /// digest. If the blob already exists the upload's bytes are simply dropped.
+    /// Atomically turns a finished upload into a stored blob and returns its storage key,
+    /// which the caller records in metadata and uses for reads. The caller has verified
+    /// `digest`. Backends that address blobs by digest return the same key for the same
+    /// digest; others (object stores, which cannot rename) return a key of their own, and the
+    /// caller deletes it again if metadata already holds the digest under another key.
     async fn commit_upload(
         &self,
         upload_id: &str,
         at: &UploadPosition,
         digest: &Digest,
-    ) -> Result<()>;
+    ) -> Result<String>;
 
     /// Discards an upload's bytes. Unknown uploads are not an error.
     async fn abort_upload(&self, upload_id: &str, at: &UploadPosition) -> Result<()>;

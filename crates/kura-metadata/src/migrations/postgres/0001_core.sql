@@ -9,6 +9,8 @@ CREATE TABLE repositories (
 CREATE TABLE blobs (
     digest      TEXT PRIMARY KEY,
     size        BIGINT NOT NULL,
+    -- Where the bytes are in blob storage (backend-specific; see BlobStore::commit_upload).
+    storage_key TEXT NOT NULL,
     created_at  BIGINT NOT NULL
 );
 
