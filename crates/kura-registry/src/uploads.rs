@@ -232,30 +232,51 @@ impl Registry {
             backend_state: upload.backend_state.clone(),
         };
         let actual = match hasher {
-            Some(h) if h.algorithm() == digest.algorithm() => h.finish(),
+            Some(h) if h.algorithm() == digest.algorithm() => Some(h.finish()),
             // Another algorithm than the one hashed while receiving, or a lost state:
             // read the data back once. Costs one sequential read of the upload.
-            _ => {
-                self.rehash_upload(&upload.id, &at, digest.algorithm())
-                    .await?
-            }
+            _ => match self
+                .rehash_upload(&upload.id, &at, digest.algorithm())
+                .await
+            {
+                Ok(d) => Some(d),
+                Err(StorageError::Unsupported(_)) => None,
+                Err(e) => return Err(e.into()),
+            },
         };
-        if &actual != digest {
-            self.discard_upload(&upload.id, &at).await;
-            return Err(RegistryError::new(
+        let mismatch = |actual: &Digest| {
+            RegistryError::new(
                 ErrorCode::DigestInvalid,
                 "provided digest did not match uploaded content",
             )
             .with_detail(serde_json::json!({
                 "expected": digest.to_string(),
                 "actual": actual.to_string(),
-            })));
+            }))
+        };
+        if let Some(actual) = &actual
+            && actual != digest
+        {
+            self.discard_upload(&upload.id, &at).await;
+            return Err(mismatch(actual));
         }
         let key = self
             .inner
             .store
             .commit_upload(&upload.id, &at, digest)
             .await?;
+        if actual.is_none() {
+            // The backend cannot read unfinished uploads: verify the committed object, which
+            // no metadata points at yet and so is invisible to every client.
+            let actual = self.hash_blob(&key, digest.algorithm()).await?;
+            if &actual != digest {
+                if let Err(e) = self.inner.store.delete_blob(&key).await {
+                    tracing::warn!(%key, error = %e, "could not remove a rejected blob");
+                }
+                self.discard_upload(&upload.id, &at).await;
+                return Err(mismatch(&actual));
+            }
+        }
         let recorded = self
             .inner
             .meta
@@ -300,13 +321,19 @@ impl Registry {
             })
     }
 
-    async fn rehash_upload(&self, id: &str, at: &UploadPosition, alg: Algorithm) -> Result<Digest> {
-        let mut stream = self.inner.store.read_upload(id, at).await?;
-        let mut h = alg.hasher();
-        while let Some(chunk) = stream.next().await {
-            h.update(&chunk.map_err(|e| RegistryError::internal(e))?);
-        }
-        Ok(h.finish())
+    async fn rehash_upload(
+        &self,
+        id: &str,
+        at: &UploadPosition,
+        alg: Algorithm,
+    ) -> Result<Digest, StorageError> {
+        let stream = self.inner.store.read_upload(id, at).await?;
+        hash_stream(stream, alg).await
+    }
+
+    async fn hash_blob(&self, key: &str, alg: Algorithm) -> Result<Digest> {
+        let stream = self.inner.store.read_blob(key, None).await?;
+        Ok(hash_stream(stream, alg).await?)
     }
 
     /// Removes an upload's bytes and row; failures are logged (the expiry sweep retries).
@@ -393,6 +420,17 @@ impl Registry {
         }
         Ok(purged)
     }
+}
+
+async fn hash_stream(
+    mut stream: kura_storage::ByteStream,
+    alg: Algorithm,
+) -> Result<Digest, StorageError> {
+    let mut h = alg.hasher();
+    while let Some(chunk) = stream.next().await {
+        h.update(&chunk?);
+    }
+    Ok(h.finish())
 }
 
 /// Errors raised while reading the request body: the client went away or sent too little.

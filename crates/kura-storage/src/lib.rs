@@ -9,6 +9,7 @@
 
 pub mod conformance;
 pub mod fs;
+pub mod s3;
 
 use std::io;
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use futures_util::Stream;
 use kura_oci::Digest;
 
 pub use fs::FsBlobStore;
+pub use s3::{S3BlobStore, S3Config};
 
 /// A stream of bytes read from or written to storage.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
@@ -36,6 +38,8 @@ pub enum StorageError {
     Io(#[from] io::Error),
     #[error("storage backend error: {0}")]
     Backend(String),
+    #[error("not supported by this storage backend: {0}")]
+    Unsupported(&'static str),
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -104,7 +108,10 @@ pub trait BlobStore: Send + Sync + 'static {
         data: ChunkSource<'_>,
     ) -> Result<UploadPosition>;
 
-    /// Streams back what an upload holds so far (used to rebuild a hash state).
+    /// Streams back what an upload holds so far (used to rebuild a hash state). Backends
+    /// that cannot read unfinished uploads (S3 multipart) answer `Unsupported`; the caller
+    /// then commits first and verifies the committed blob, which is still invisible to users
+    /// because no metadata points at it.
     async fn read_upload(&self, upload_id: &str, at: &UploadPosition) -> Result<ByteStream>;
 
     /// Atomically turns a finished upload into a stored blob and returns its storage key,
