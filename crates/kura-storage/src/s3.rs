@@ -39,7 +39,7 @@ pub const PART_SIZE: usize = 8 * 1024 * 1024;
 
 /// Connection settings. Unset credentials and region fall back to the standard AWS
 /// environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, ...).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct S3Config {
     pub bucket: String,
     pub endpoint: Option<String>,

@@ -38,6 +38,21 @@ pub struct StorageSection {
     pub backend: Option<String>,
     pub path: Option<PathBuf>,
     pub durability: Option<DurabilityMode>,
+    #[serde(default)]
+    pub s3: S3Section,
+}
+
+/// `[storage.s3]`: used when `storage.backend = "s3"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Section {
+    pub bucket: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub prefix: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub path_style: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,12 +109,34 @@ pub struct ServeArgs {
     /// [default: 1048576].
     #[arg(long, env = "KURA_CHUNK_MIN_LENGTH")]
     pub chunk_min_length: Option<u64>,
-    /// Blob storage backend [default: filesystem].
+    /// Blob storage backend: filesystem or s3 [default: filesystem].
     #[arg(long, env = "KURA_STORAGE_BACKEND")]
     pub storage_backend: Option<String>,
     /// Root of filesystem blob storage [default: DATA_DIR/blobs].
     #[arg(long, env = "KURA_STORAGE_PATH")]
     pub storage_path: Option<PathBuf>,
+    /// S3 bucket (storage backend s3).
+    #[arg(long, env = "KURA_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// S3 endpoint URL, for S3-compatible servers [default: AWS].
+    #[arg(long, env = "KURA_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region [default: AWS_REGION, else us-east-1].
+    #[arg(long, env = "KURA_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Key prefix inside the bucket [default: none].
+    #[arg(long, env = "KURA_S3_PREFIX")]
+    pub s3_prefix: Option<String>,
+    /// S3 access key id [default: AWS_ACCESS_KEY_ID].
+    #[arg(long, env = "KURA_S3_ACCESS_KEY_ID")]
+    pub s3_access_key_id: Option<String>,
+    /// S3 secret access key [default: AWS_SECRET_ACCESS_KEY]. Prefer the environment or the
+    /// config file to a flag, which other users can see in the process list.
+    #[arg(long, env = "KURA_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+    /// Path-style S3 requests (endpoint/bucket/key) [default: true when an endpoint is set].
+    #[arg(long, env = "KURA_S3_PATH_STYLE")]
+    pub s3_path_style: Option<bool>,
     /// Durability of acknowledged pushes [default: strict].
     #[arg(long, env = "KURA_DURABILITY", value_enum)]
     pub durability: Option<DurabilityMode>,
@@ -109,6 +146,13 @@ pub struct ServeArgs {
     /// Maximum pooled database connections [default: 16].
     #[arg(long, env = "KURA_METADATA_MAX_CONNECTIONS")]
     pub metadata_max_connections: Option<u32>,
+}
+
+/// Which blob store to use, with its settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StorageBackend {
+    Filesystem,
+    S3(kura_storage::S3Config),
 }
 
 /// The effective configuration.
@@ -122,7 +166,7 @@ pub struct Settings {
     pub upload_expiry: Duration,
     pub upload_sweep: Duration,
     pub chunk_min_length: u64,
-    pub storage_backend: String,
+    pub storage_backend: StorageBackend,
     pub storage_path: PathBuf,
     pub durability: DurabilityMode,
     pub metadata_url: String,
@@ -151,16 +195,38 @@ impl Settings {
             .clone()
             .or(file.metadata.url)
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("kura.db").display()));
-        let storage_backend = args
+        let backend_name = args
             .storage_backend
             .clone()
             .or(file.storage.backend)
             .unwrap_or_else(|| "filesystem".into());
-        if storage_backend != "filesystem" {
-            return Err(format!(
-                "unknown storage backend {storage_backend:?} (available: filesystem)"
-            ));
-        }
+        let storage_backend = match backend_name.as_str() {
+            "filesystem" => StorageBackend::Filesystem,
+            "s3" => {
+                let s3 = file.storage.s3;
+                let endpoint = args.s3_endpoint.clone().or(s3.endpoint);
+                StorageBackend::S3(kura_storage::S3Config {
+                    bucket: args.s3_bucket.clone().or(s3.bucket).ok_or(
+                        "storage backend s3 needs a bucket (storage.s3.bucket, --s3-bucket \
+                         or KURA_S3_BUCKET)",
+                    )?,
+                    path_style: args
+                        .s3_path_style
+                        .or(s3.path_style)
+                        .unwrap_or(endpoint.is_some()),
+                    endpoint,
+                    region: args.s3_region.clone().or(s3.region),
+                    prefix: args.s3_prefix.clone().or(s3.prefix).unwrap_or_default(),
+                    access_key_id: args.s3_access_key_id.clone().or(s3.access_key_id),
+                    secret_access_key: args.s3_secret_access_key.clone().or(s3.secret_access_key),
+                })
+            }
+            other => {
+                return Err(format!(
+                    "unknown storage backend {other:?} (available: filesystem, s3)"
+                ));
+            }
+        };
         let r = file.registry;
         Ok(Settings {
             listen: args
@@ -257,6 +323,40 @@ mod tests {
         let s = Settings::resolve(&args).unwrap();
         assert_eq!(s.listen, "127.0.0.1:7000");
         assert_eq!(s.max_manifest_size, 5);
+    }
+
+    #[test]
+    fn s3_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kura.toml");
+        std::fs::write(
+            &path,
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\n\
+             endpoint = \"http://127.0.0.1:9000\"\nprefix = \"reg\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            s3_region: Some("eu-west-1".into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&args).unwrap();
+        let StorageBackend::S3(s3) = s.storage_backend else {
+            panic!("expected s3");
+        };
+        assert_eq!(s3.bucket, "b");
+        assert_eq!(s3.prefix, "reg");
+        assert_eq!(s3.region.as_deref(), Some("eu-west-1"));
+        assert!(
+            s3.path_style,
+            "path style by default with a custom endpoint"
+        );
+        let err = Settings::resolve(&ServeArgs {
+            storage_backend: Some("s3".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("bucket"), "{err}");
     }
 
     #[test]

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use kura_metadata::MetadataStore;
 use kura_metadata::sql::SqlOptions;
 use kura_registry::{Registry, RegistryConfig};
-use kura_storage::{BlobStore, Durability, FsBlobStore};
+use kura_storage::{BlobStore, Durability, FsBlobStore, S3BlobStore};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{DurabilityMode, LogFormat, ServeArgs, Settings};
+use crate::config::{DurabilityMode, LogFormat, ServeArgs, Settings, StorageBackend};
 
 pub fn run(args: ServeArgs) -> ExitCode {
     let settings = match Settings::resolve(&args) {
@@ -59,11 +59,18 @@ async fn serve(s: Settings) -> Result<(), String> {
         DurabilityMode::Strict => Durability::Strict,
         DurabilityMode::Relaxed => Durability::Relaxed,
     };
-    let store: Arc<dyn BlobStore> = Arc::new(
-        FsBlobStore::open(&s.storage_path, durability)
-            .await
-            .map_err(|e| format!("cannot open blob storage {}: {e}", s.storage_path.display()))?,
-    );
+    let store: Arc<dyn BlobStore> = match &s.storage_backend {
+        StorageBackend::Filesystem => Arc::new(
+            FsBlobStore::open(&s.storage_path, durability)
+                .await
+                .map_err(|e| {
+                    format!("cannot open blob storage {}: {e}", s.storage_path.display())
+                })?,
+        ),
+        StorageBackend::S3(cfg) => Arc::new(
+            S3BlobStore::new(cfg).map_err(|e| format!("cannot configure S3 storage: {e}"))?,
+        ),
+    };
     let meta: Arc<dyn MetadataStore> = Arc::new(
         kura_metadata::SqlStore::connect(
             &s.metadata_url,
