@@ -1,5 +1,11 @@
 //! Test harness shared by the integration tests: starts the real `kura` binary on a loopback port
 //! with a fresh data directory, and stops it when dropped. Tests talk to it over real HTTP only.
+//!
+//! The backends come from `KURA_TEST_BACKEND`: `sqlite+fs` (default), `postgres+fs`,
+//! `sqlite+s3` or `postgres+s3`, so the same tests run against every combination. PostgreSQL
+//! needs `KURA_TEST_PG_URL` (a server URL; each server gets a fresh database), S3 needs
+//! `KURA_TEST_S3_ENDPOINT`, `KURA_TEST_S3_BUCKET` and AWS credentials in the environment (each
+//! server gets a fresh prefix). scripts/test starts both services and sets these.
 #![allow(dead_code)]
 
 pub mod oci_layout;
@@ -39,12 +45,26 @@ impl KuraServer {
 
     /// Starts a server over an existing (or new) data directory that the caller owns.
     pub fn start_in(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> KuraServer {
+        Self::start_in_with_backends(data_dir, &Backends::from_env(), args, envs)
+    }
+
+    /// Starts a server with explicit backends (several servers may share one metadata
+    /// database and one bucket: replicas).
+    pub fn start_in_with_backends(
+        data_dir: &Path,
+        backends: &Backends,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> KuraServer {
+        std::fs::create_dir_all(data_dir).expect("create data dir");
+        let backend_args = backends.args_for(data_dir);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kura"));
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(data_dir)
+            .args(&backend_args)
             .args(args)
             .env(
                 "RUST_LOG",
@@ -120,6 +140,136 @@ impl Drop for KuraServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Which metadata and blob backends test servers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backends {
+    pub postgres: bool,
+    pub s3: bool,
+}
+
+impl Backends {
+    /// From `KURA_TEST_BACKEND` (default `sqlite+fs`).
+    pub fn from_env() -> Backends {
+        let spec = std::env::var("KURA_TEST_BACKEND").unwrap_or_else(|_| "sqlite+fs".into());
+        match spec.as_str() {
+            "sqlite+fs" => Backends {
+                postgres: false,
+                s3: false,
+            },
+            "postgres+fs" => Backends {
+                postgres: true,
+                s3: false,
+            },
+            "sqlite+s3" => Backends {
+                postgres: false,
+                s3: true,
+            },
+            "postgres+s3" => Backends {
+                postgres: true,
+                s3: true,
+            },
+            other => panic!(
+                "KURA_TEST_BACKEND={other:?}: expected sqlite+fs, postgres+fs, sqlite+s3 or postgres+s3"
+            ),
+        }
+    }
+
+    /// True when blobs live in the data directory (tests may then inspect files).
+    pub fn blobs_on_disk(&self) -> bool {
+        !self.s3
+    }
+
+    /// Command-line flags selecting the backends. Names of the database and the S3 prefix are
+    /// kept in `DATA_DIR/.test-backends`, so a restart over the same data dir (or a replica
+    /// given the same dir's names via [`Backends::share`]) reuses them.
+    pub fn args_for(&self, data_dir: &Path) -> Vec<String> {
+        let names_file = data_dir.join(".test-backends");
+        let (db, prefix) = match std::fs::read_to_string(&names_file) {
+            Ok(s) => {
+                let mut it = s.lines().map(str::to_string);
+                (it.next().unwrap_or_default(), it.next().unwrap_or_default())
+            }
+            Err(_) => {
+                let id: u64 = rand::random();
+                let names = (format!("kura_test_{id:016x}"), format!("t{id:016x}"));
+                std::fs::write(&names_file, format!("{}\n{}\n", names.0, names.1))
+                    .expect("write backend names");
+                names
+            }
+        };
+        let mut args = Vec::new();
+        if self.postgres {
+            let base = required_env("KURA_TEST_PG_URL");
+            create_database(&base, &db);
+            args.push("--metadata-url".to_string());
+            args.push(format!("{}/{db}", base.trim_end_matches('/')));
+        }
+        if self.s3 {
+            args.extend(
+                [
+                    "--storage-backend",
+                    "s3",
+                    "--s3-endpoint",
+                    &required_env("KURA_TEST_S3_ENDPOINT"),
+                    "--s3-bucket",
+                    &required_env("KURA_TEST_S3_BUCKET"),
+                    "--s3-region",
+                    "us-east-1",
+                    "--s3-prefix",
+                    &prefix,
+                ]
+                .map(str::to_string),
+            );
+        }
+        args
+    }
+
+    /// Makes `other_dir` use the same database and S3 prefix as `data_dir` (replicas).
+    pub fn share(data_dir: &Path, other_dir: &Path) {
+        std::fs::create_dir_all(other_dir).expect("create data dir");
+        std::fs::copy(
+            data_dir.join(".test-backends"),
+            other_dir.join(".test-backends"),
+        )
+        .expect("share backend names");
+    }
+}
+
+fn required_env(key: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| {
+        panic!("{key} is not set: KURA_TEST_BACKEND needs it (scripts/test sets it up)")
+    })
+}
+
+/// Creates database `name` on the server at `base` if it does not exist (psql is the client).
+fn create_database(base: &str, name: &str) {
+    let admin = format!("{}/postgres", base.trim_end_matches('/'));
+    let exists = Command::new("psql")
+        .args([
+            &admin,
+            "-tAc",
+            &format!("SELECT 1 FROM pg_database WHERE datname = '{name}'"),
+        ])
+        .output()
+        .expect("run psql");
+    assert!(
+        exists.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&exists.stderr)
+    );
+    if String::from_utf8_lossy(&exists.stdout).trim() != "1" {
+        let out = Command::new("psql")
+            .args([&admin, "-c", &format!("CREATE DATABASE {name}")])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "CREATE DATABASE failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
