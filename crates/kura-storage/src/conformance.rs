@@ -139,6 +139,30 @@ async fn resume_discards_unrecorded_tail(store: &dyn BlobStore) {
 }
 
 async fn abort_and_missing(store: &dyn BlobStore) {
+    // Aborting after a storage commit whose metadata commit never happened (a crash)
+    // must not leave anything the store cannot name again... but must not touch blobs that
+    // other uploads committed either.
+    let kept_data = b"committed by another upload";
+    let kept_digest = Algorithm::Sha256.digest_of(kept_data);
+    let p = store.create_upload("suite-upload-6").await.unwrap();
+    let p = store
+        .append_upload("suite-upload-6", &p, &mut chunks(&[kept_data]))
+        .await
+        .unwrap();
+    let kept = store
+        .commit_upload("suite-upload-6", &p, &kept_digest)
+        .await
+        .unwrap();
+    store
+        .abort_upload("suite-upload-7", &UploadPosition::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        collect(store.read_blob(&kept, None).await.unwrap()).await,
+        kept_data
+    );
+    store.delete_blob(&kept).await.unwrap();
+
     let id = "suite-upload-4";
     let p = store.create_upload(id).await.unwrap();
     let p = store

@@ -385,7 +385,13 @@ impl BlobStore for S3BlobStore {
                 Err(e) => return Err(backend(e)),
             }
         }
-        self.delete_tails(upload_id).await
+        self.delete_tails(upload_id).await?;
+        // A replica that died between CompleteMultipartUpload and the metadata commit left a
+        // completed object behind. The upload row still exists (the metadata commit removes
+        // it), so no metadata points at this key: it is safe to delete.
+        self.delete_quietly(&self.path(&Self::blob_key(upload_id)))
+            .await;
+        Ok(())
     }
 
     async fn check(&self) -> Result<()> {
@@ -417,13 +423,20 @@ mod tests {
             );
             return;
         };
+        // Explicit credentials: without them the AWS provider chain would try the instance
+        // metadata service, which is not on loopback.
+        let key = |k: &str| {
+            std::env::var(k)
+                .unwrap_or_else(|_| panic!("{k} must be set with KURA_TEST_S3_ENDPOINT"))
+        };
         let cfg = S3Config {
             bucket: std::env::var("KURA_TEST_S3_BUCKET").unwrap_or_else(|_| "kura-test".into()),
             endpoint: Some(endpoint),
             region: Some("us-east-1".into()),
             prefix: format!("suite-{}", uuid::Uuid::new_v4()),
             path_style: true,
-            ..Default::default()
+            access_key_id: Some(key("AWS_ACCESS_KEY_ID")),
+            secret_access_key: Some(key("AWS_SECRET_ACCESS_KEY")),
         };
         let store = S3BlobStore::new(&cfg).unwrap();
         crate::conformance::run_all(&store).await;

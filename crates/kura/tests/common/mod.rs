@@ -220,6 +220,12 @@ impl Backends {
                     "us-east-1",
                     "--s3-prefix",
                     &prefix,
+                    // Explicit credentials, so the server never falls back to the (non-loopback)
+                    // instance metadata service.
+                    "--s3-access-key-id",
+                    &required_env("AWS_ACCESS_KEY_ID"),
+                    "--s3-secret-access-key",
+                    &required_env("AWS_SECRET_ACCESS_KEY"),
                 ]
                 .map(str::to_string),
             );
