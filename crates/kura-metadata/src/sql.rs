@@ -780,9 +780,78 @@ mod tests {
         again.ping().await.unwrap();
     }
 
+    /// A fresh database on the PostgreSQL server at `KURA_TEST_PG_URL`, or `None` when the
+    /// variable is unset and `KURA_TEST_ALLOW_NO_PG=1` says skipping is intended.
+    async fn postgres() -> Option<SqlStore> {
+        let Ok(base) = std::env::var("KURA_TEST_PG_URL") else {
+            assert!(
+                std::env::var("KURA_TEST_ALLOW_NO_PG").is_ok(),
+                "KURA_TEST_PG_URL is not set: run through scripts/test (which starts \
+                 PostgreSQL) or set KURA_TEST_ALLOW_NO_PG=1 to skip"
+            );
+            return None;
+        };
+        let base = base.trim_end_matches('/').to_string();
+        let admin = PgPool::connect(&format!("{base}/postgres")).await.unwrap();
+        let name = format!("kura_unit_{:016x}", rand_u64());
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        Some(
+            SqlStore::connect(&format!("{base}/{name}"), &SqlOptions::default())
+                .await
+                .unwrap(),
+        )
+    }
+
+    fn rand_u64() -> u64 {
+        use std::hash::{BuildHasher, RandomState};
+        RandomState::new().hash_one(std::time::Instant::now())
+    }
+
     #[tokio::test]
     async fn blobs_uploads_manifests_tags() {
         let (_d, s) = sqlite().await;
+        blobs_uploads_manifests_tags_on(s).await;
+    }
+
+    #[tokio::test]
+    async fn blobs_uploads_manifests_tags_postgres() {
+        if let Some(s) = postgres().await {
+            assert_eq!(s.kind(), "postgres");
+            blobs_uploads_manifests_tags_on(s).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn migrations_are_idempotent_postgres() {
+        // Several replicas starting at once: the advisory lock serializes them.
+        let Ok(base) = std::env::var("KURA_TEST_PG_URL") else {
+            return;
+        };
+        let Some(first) = postgres().await else {
+            return;
+        };
+        drop(first);
+        let base = base.trim_end_matches('/').to_string();
+        let admin = PgPool::connect(&format!("{base}/postgres")).await.unwrap();
+        let name = format!("kura_unit_mig_{:016x}", rand_u64());
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let url = format!("{base}/{name}");
+        let starts = (0..4).map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { SqlStore::connect(&url, &SqlOptions::default()).await })
+        });
+        for s in starts {
+            s.await.unwrap().unwrap();
+        }
+    }
+
+    async fn blobs_uploads_manifests_tags_on(s: SqlStore) {
         let repo = s.ensure_repository("a/b").await.unwrap();
         assert_eq!(s.ensure_repository("a/b").await.unwrap(), repo);
         let other = s.ensure_repository("c").await.unwrap();
