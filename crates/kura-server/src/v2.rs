@@ -245,6 +245,21 @@ fn body_stream(
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, e))
 }
 
+/// Reads and discards what is left of a request body (at most [`MAX_DRAIN`] bytes), so that a
+/// client still sending gets to read an early error response instead of a reset connection.
+async fn drain(
+    stream: &mut (impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin),
+) {
+    use futures_util::StreamExt;
+    let mut seen = 0u64;
+    while seen <= MAX_DRAIN {
+        match stream.next().await {
+            Some(Ok(c)) => seen += c.len() as u64,
+            _ => break,
+        }
+    }
+}
+
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
@@ -261,6 +276,40 @@ fn has_body(headers: &HeaderMap) -> bool {
 }
 
 // --- manifests -----------------------------------------------------------------------------
+
+/// Past this many bytes an oversized body is no longer drained; the connection is closed.
+const MAX_DRAIN: u64 = 64 * 1024 * 1024;
+
+enum Bounded {
+    /// The body exceeded the limit; this many bytes were seen.
+    TooLarge(u64),
+    Transport(axum::Error),
+}
+
+/// Reads a body of at most `limit` bytes. A larger one is read on and discarded (up to
+/// [`MAX_DRAIN`]) so the client, still sending, gets to read our 413 instead of a reset
+/// connection (RFC 9112 §9.6).
+async fn read_bounded(body: Body, limit: usize) -> Result<bytes::Bytes, Bounded> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(Bounded::Transport)?;
+        seen += chunk.len() as u64;
+        if seen > limit as u64 {
+            while seen <= MAX_DRAIN {
+                match stream.next().await {
+                    Some(Ok(c)) => seen += c.len() as u64,
+                    _ => break,
+                }
+            }
+            return Err(Bounded::TooLarge(seen));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
 
 /// Whether `Accept` admits `media_type`. No header, or a wildcard, admits everything.
 fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
@@ -333,23 +382,24 @@ async fn put_manifest(
     let repo = parse_name(name)?;
     let reference = parse_reference(reference)?;
     let limit = state.registry.config().max_manifest_size;
-    let too_large = |len: String| {
-        ApiError::from(
-            RegistryError::new(
-                ErrorCode::SizeInvalid,
-                format!("manifest is {len} bytes; the limit is {limit}"),
-            )
-            .with_status(413),
-        )
+    let bytes = match read_bounded(body, limit).await {
+        Ok(b) => b,
+        Err(Bounded::TooLarge(seen)) => {
+            return Err(ApiError::from(
+                RegistryError::new(
+                    ErrorCode::SizeInvalid,
+                    format!("manifest is at least {seen} bytes; the limit is {limit}"),
+                )
+                .with_status(413),
+            ));
+        }
+        Err(Bounded::Transport(e)) => {
+            return Err(ApiError::new(
+                ErrorCode::ManifestInvalid,
+                format!("could not read the manifest body: {e}"),
+            ));
+        }
     };
-    if let Some(len) = content_length(headers)
-        && len > limit as u64
-    {
-        return Err(too_large(len.to_string()));
-    }
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large(format!("more than {limit}")))?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
@@ -568,13 +618,25 @@ async fn patch_upload(
     body: Body,
 ) -> ApiResult {
     let repo = parse_name(name)?;
-    let start = content_range(headers).map_err(|e| e.in_repo(&repo))?;
-    let upload = state
+    let mut stream = body_stream(body);
+    let start = match content_range(headers) {
+        Ok(start) => start,
+        Err(e) => {
+            drain(&mut stream).await;
+            return Err(e.in_repo(&repo));
+        }
+    };
+    let result = state
         .registry
-        .append_upload(&repo, id, start, &mut body_stream(body))
-        .await
-        .map_err(|e| ApiError::from(e).in_repo(&repo))?;
-    Ok(upload_response(StatusCode::ACCEPTED, &repo, &upload))
+        .append_upload(&repo, id, start, &mut stream)
+        .await;
+    match result {
+        Ok(upload) => Ok(upload_response(StatusCode::ACCEPTED, &repo, &upload)),
+        Err(e) => {
+            drain(&mut stream).await;
+            Err(ApiError::from(e).in_repo(&repo))
+        }
+    }
 }
 
 async fn put_upload(
@@ -596,12 +658,19 @@ async fn put_upload(
         }
     };
     if has_body(headers) {
-        let start = content_range(headers).map_err(|e| e.in_repo(&repo))?;
-        state
-            .registry
-            .append_upload(&repo, id, start, &mut body_stream(body))
-            .await
-            .map_err(|e| ApiError::from(e).in_repo(&repo))?;
+        let mut stream = body_stream(body);
+        let appended = match content_range(headers) {
+            Ok(start) => state
+                .registry
+                .append_upload(&repo, id, start, &mut stream)
+                .await
+                .map_err(|e| ApiError::from(e).in_repo(&repo)),
+            Err(e) => Err(e.in_repo(&repo)),
+        };
+        if let Err(e) = appended {
+            drain(&mut stream).await;
+            return Err(e);
+        }
     }
     state
         .registry
