@@ -45,6 +45,11 @@ impl Registry {
         }
     }
 
+    /// Where to redirect a GET of `blob`, when the storage backend serves blobs directly.
+    pub async fn blob_redirect(&self, blob: &BlobRecord) -> Result<Option<String>> {
+        Ok(self.inner.store.presigned_get(&blob.storage_key).await?)
+    }
+
     /// Unlinks a blob from `repo`. The bytes stay until garbage collection finds them unused.
     pub async fn delete_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<()> {
         self.require_delete_enabled()?;

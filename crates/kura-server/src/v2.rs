@@ -483,6 +483,16 @@ async fn get_blob(
     if head {
         return Ok(builder.body(Body::empty()).expect("valid response"));
     }
+    if let Some(url) = state.registry.blob_redirect(&blob).await? {
+        // The object store serves the bytes (and honours Range itself).
+        return Ok(Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header(header::LOCATION, hv(&url))
+            .header("docker-content-digest", hv(&digest_s))
+            .header(header::CONTENT_LENGTH, 0)
+            .body(Body::empty())
+            .expect("valid response"));
+    }
     let stream = state.registry.read_blob(&repo, &blob, range).await?;
     Ok(builder
         .body(Body::from_stream(stream))

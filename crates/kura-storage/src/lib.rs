@@ -129,6 +129,12 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Discards an upload's bytes. Unknown uploads are not an error.
     async fn abort_upload(&self, upload_id: &str, at: &UploadPosition) -> Result<()>;
 
+    /// A time-limited URL from which a client can GET the blob directly, when the backend can
+    /// sign one and is configured to (object stores); `None` means: stream it through Kura.
+    async fn presigned_get(&self, _key: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     /// Checks the backend is reachable and writable (readiness).
     async fn check(&self) -> Result<()>;
 }

@@ -28,6 +28,7 @@ use kura_oci::Digest;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
+use object_store::signer::Signer;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +50,9 @@ pub struct S3Config {
     pub secret_access_key: Option<String>,
     /// Path-style addressing (`endpoint/bucket/key`), needed by most self-hosted S3 servers.
     pub path_style: bool,
+    /// Answer blob GETs with a redirect to a presigned URL valid this long, so clients fetch
+    /// from object storage directly; `None` streams blobs through Kura.
+    pub redirect_ttl: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -81,6 +85,7 @@ pub struct S3BlobStore {
     s3: Arc<AmazonS3>,
     prefix: String,
     bucket: String,
+    redirect_ttl: Option<std::time::Duration>,
 }
 
 fn backend(e: object_store::Error) -> StorageError {
@@ -114,6 +119,7 @@ impl S3BlobStore {
             s3: Arc::new(s3),
             prefix,
             bucket: cfg.bucket.clone(),
+            redirect_ttl: cfg.redirect_ttl,
         })
     }
 
@@ -394,6 +400,19 @@ impl BlobStore for S3BlobStore {
         Ok(())
     }
 
+    async fn presigned_get(&self, key: &str) -> Result<Option<String>> {
+        let Some(ttl) = self.redirect_ttl else {
+            return Ok(None);
+        };
+        Self::check_key(key)?;
+        let url = self
+            .s3
+            .signed_url(object_store::signer::Method::GET, &self.path(key), ttl)
+            .await
+            .map_err(backend)?;
+        Ok(Some(url.to_string()))
+    }
+
     async fn check(&self) -> Result<()> {
         let probe = self.path(&format!(".readyz/{}", uuid::Uuid::new_v4()));
         self.s3
@@ -437,6 +456,7 @@ mod tests {
             path_style: true,
             access_key_id: Some(key("AWS_ACCESS_KEY_ID")),
             secret_access_key: Some(key("AWS_SECRET_ACCESS_KEY")),
+            redirect_ttl: None,
         };
         let store = S3BlobStore::new(&cfg).unwrap();
         crate::conformance::run_all(&store).await;

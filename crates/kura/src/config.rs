@@ -53,6 +53,8 @@ pub struct S3Section {
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub path_style: Option<bool>,
+    pub redirect_blob_gets: Option<bool>,
+    pub redirect_ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +139,12 @@ pub struct ServeArgs {
     /// Path-style S3 requests (endpoint/bucket/key) [default: true when an endpoint is set].
     #[arg(long, env = "KURA_S3_PATH_STYLE")]
     pub s3_path_style: Option<bool>,
+    /// Answer blob GETs with a 307 redirect to a presigned S3 URL [default: false].
+    #[arg(long, env = "KURA_S3_REDIRECT_BLOB_GETS")]
+    pub s3_redirect_blob_gets: Option<bool>,
+    /// Lifetime of presigned blob URLs, seconds [default: 300].
+    #[arg(long, env = "KURA_S3_REDIRECT_TTL_SECS")]
+    pub s3_redirect_ttl_secs: Option<u64>,
     /// Durability of acknowledged pushes [default: strict].
     #[arg(long, env = "KURA_DURABILITY", value_enum)]
     pub durability: Option<DurabilityMode>,
@@ -219,6 +227,17 @@ impl Settings {
                     prefix: args.s3_prefix.clone().or(s3.prefix).unwrap_or_default(),
                     access_key_id: args.s3_access_key_id.clone().or(s3.access_key_id),
                     secret_access_key: args.s3_secret_access_key.clone().or(s3.secret_access_key),
+                    redirect_ttl: args
+                        .s3_redirect_blob_gets
+                        .or(s3.redirect_blob_gets)
+                        .unwrap_or(false)
+                        .then(|| {
+                            Duration::from_secs(
+                                args.s3_redirect_ttl_secs
+                                    .or(s3.redirect_ttl_secs)
+                                    .unwrap_or(300),
+                            )
+                        }),
                 })
             }
             other => {
