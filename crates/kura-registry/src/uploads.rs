@@ -132,20 +132,20 @@ impl Registry {
             });
             return Err(err);
         }
-        let (size, _) = self.append_locked(&upload, data).await?;
+        let (pos, _) = self.append_locked(&upload, data).await?;
         Ok(UploadStatus {
             id: upload.id,
-            size,
+            size: pos.size,
         })
     }
 
-    /// Writes `data` after the recorded size and records the new size and hash state.
-    /// Returns the new size and the running hasher.
+    /// Writes `data` after the recorded size and records the new position and hash state.
+    /// Returns the new position (size *and* backend state) and the running hasher.
     async fn append_locked(
         &self,
         upload: &UploadRecord,
         data: ChunkSource<'_>,
-    ) -> Result<(u64, Option<Hasher>)> {
+    ) -> Result<(UploadPosition, Option<Hasher>)> {
         let mut hasher = self.restore_hasher(upload);
         let at = UploadPosition {
             size: upload.size,
@@ -195,7 +195,7 @@ impl Registry {
             )
             .with_status(416));
         }
-        Ok((new_pos.size, hasher))
+        Ok((new_pos, hasher))
     }
 
     fn restore_hasher(&self, upload: &UploadRecord) -> Option<Hasher> {
@@ -221,8 +221,10 @@ impl Registry {
         let mut upload = self.load_upload(repo, id).await?;
         let mut hasher = None;
         if let Some(data) = final_chunk {
-            let (size, h) = self.append_locked(&upload, data).await?;
-            upload.size = size;
+            let (pos, h) = self.append_locked(&upload, data).await?;
+            // Both halves of the position: an object store's multipart id and parts changed too.
+            upload.size = pos.size;
+            upload.backend_state = pos.backend_state;
             hasher = h;
         } else {
             hasher = hasher.or_else(|| self.restore_hasher(&upload));

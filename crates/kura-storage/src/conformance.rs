@@ -34,6 +34,9 @@ async fn assert_upload_holds(store: &dyn BlobStore, id: &str, at: &UploadPositio
 }
 
 /// Runs every check against `store`.
+///
+/// Backends whose uploads leave temporary objects are also checked by their own tests for
+/// leftovers after commit and abort.
 pub async fn run_all(store: &dyn BlobStore) {
     upload_commit_read(store).await;
     resume_discards_unrecorded_tail(store).await;

@@ -374,10 +374,18 @@ impl BlobStore for S3BlobStore {
                     .map_err(backend)?;
             }
         }
-        if tail_len > 0 {
-            self.delete_quietly(&self.tail_path(upload_id, at.size))
-                .await;
+        // The object must hold exactly the bytes the caller hashed; anything else is a bug or a
+        // store that lost a part, and must not become a blob.
+        let stored = self.s3.head(&dest).await.map_err(backend)?.size;
+        if stored != at.size {
+            self.delete_quietly(&dest).await;
+            return Err(StorageError::Conflict(format!(
+                "upload {upload_id}: committed object holds {stored} bytes, expected {}",
+                at.size
+            )));
         }
+        // Superseded tails too, not only the last one.
+        self.delete_tails(upload_id).await?;
         Ok(key)
     }
 
@@ -483,6 +491,16 @@ mod tests {
         assert_eq!(pos.size, data.len() as u64);
         let digest = Algorithm::Sha256.digest_of(&data);
         let key = store.commit_upload(id, &pos, &digest).await.unwrap();
+        let leftovers: Vec<_> = store
+            .s3
+            .list(Some(&store.path(&format!("uploads/{id}"))))
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(
+            leftovers.is_empty(),
+            "tails left after commit: {leftovers:?}"
+        );
         let mut got = Vec::new();
         let mut s = store.read_blob(&key, None).await.unwrap();
         while let Some(c) = s.next().await {
