@@ -62,15 +62,7 @@ impl FsBlobStore {
     }
 
     fn upload_path(&self, upload_id: &str) -> Result<PathBuf> {
-        // Upload ids come from us, but they also come back in URLs: never let one name a path.
-        if upload_id.is_empty()
-            || upload_id.len() > 64
-            || !upload_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(StorageError::NotFound(format!("upload {upload_id:?}")));
-        }
+        crate::check_upload_id(upload_id)?;
         Ok(self.root.join("uploads").join(upload_id))
     }
 }

@@ -44,6 +44,21 @@ pub enum StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// Upload ids come from Kura, but they also come back in URLs: before one names a path or an
+/// object key, it must be 1-64 characters of `[A-Za-z0-9-]` (what Kura generates: UUIDs).
+pub fn check_upload_id(upload_id: &str) -> Result<()> {
+    let ok = !upload_id.is_empty()
+        && upload_id.len() <= 64
+        && upload_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::NotFound(format!("upload {upload_id:?}")))
+    }
+}
+
 /// An inclusive byte range within a blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteRange {

@@ -140,16 +140,7 @@ impl S3BlobStore {
     }
 
     fn check_id(upload_id: &str) -> Result<()> {
-        let ok = !upload_id.is_empty()
-            && upload_id.len() <= 64
-            && upload_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if ok {
-            Ok(())
-        } else {
-            Err(StorageError::NotFound(format!("upload {upload_id:?}")))
-        }
+        crate::check_upload_id(upload_id)
     }
 
     fn check_key(key: &str) -> Result<()> {
