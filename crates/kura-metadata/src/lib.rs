@@ -2,8 +2,9 @@
 //!
 //! Repositories, which blobs each repository may see, manifests with the references they hold,
 //! tags, and upload sessions. Listing and existence checks are always answered here, never by
-//! walking blob storage. [`MetadataStore`] is the seam; [`SqlStore`] implements it for SQLite
-//! (the embedded default) and PostgreSQL with one set of queries.
+//! walking blob storage. [`MetadataStore`] is the seam for registry content and [`AccessStore`]
+//! the one for identity (users, projects, members, settings); [`SqlStore`] implements both for
+//! SQLite (the embedded default) and PostgreSQL with one set of queries.
 
 pub mod sql;
 
@@ -110,8 +111,14 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Returns the id of `name`, creating the repository if needed.
     async fn ensure_repository(&self, name: &str) -> Result<i64>;
     async fn repository_id(&self, name: &str) -> Result<Option<i64>>;
-    /// Repositories holding any content, after `last`, sorted bytewise, at most `limit`.
-    async fn list_repositories(&self, last: Option<&str>, limit: u32) -> Result<Vec<String>>;
+    /// Repositories holding any content and visible under `filter`, after `last`, sorted
+    /// bytewise, at most `limit`.
+    async fn list_repositories(
+        &self,
+        filter: &RepositoryFilter,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>>;
 
     // --- blobs ---------------------------------------------------------------------------
     /// The blob if it is linked to the repository.
@@ -188,6 +195,105 @@ pub trait MetadataStore: Send + Sync + 'static {
         subject: &str,
         artifact_type: Option<&str>,
     ) -> Result<Vec<ReferrerRecord>>;
+}
+
+/// Which repositories a listing may show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepositoryFilter {
+    /// Every repository (open mode, system administrators).
+    All,
+    /// Repositories of public projects, plus those of projects where `user_id` is a member
+    /// allowed to list (every role but limited guest). `None`: anonymous.
+    VisibleTo { user_id: Option<i64> },
+}
+
+/// A user account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: i64,
+    pub username: String,
+    /// PHC string (argon2id); `None` for accounts that cannot log in with a local password.
+    pub password_hash: Option<String>,
+    pub email: Option<String>,
+    pub is_admin: bool,
+    pub disabled: bool,
+    pub created_at: i64,
+}
+
+/// A project: the namespace that is the first component of repository names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRecord {
+    pub id: i64,
+    pub name: String,
+    pub public: bool,
+    pub created_at: i64,
+}
+
+/// A project member and the role name it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub user_id: i64,
+    pub username: String,
+    pub role: String,
+}
+
+/// The pluggable identity backend: users, projects, memberships and settings.
+#[async_trait]
+pub trait AccessStore: Send + Sync + 'static {
+    async fn user_count(&self) -> Result<i64>;
+    /// Creates a user; `None` when the username is taken.
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: Option<&str>,
+        email: Option<&str>,
+        is_admin: bool,
+    ) -> Result<Option<i64>>;
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>>;
+    async fn user_by_id(&self, id: i64) -> Result<Option<UserRecord>>;
+    async fn list_users(&self, last: Option<&str>, limit: u32) -> Result<Vec<UserRecord>>;
+    /// Updates the given fields; false when the user does not exist.
+    async fn update_user(
+        &self,
+        id: i64,
+        password_hash: Option<&str>,
+        is_admin: Option<bool>,
+        disabled: Option<bool>,
+    ) -> Result<bool>;
+    async fn delete_user(&self, id: i64) -> Result<bool>;
+
+    /// Creates a project; `None` when the name is taken.
+    async fn create_project(&self, name: &str, public: bool) -> Result<Option<i64>>;
+    async fn project(&self, name: &str) -> Result<Option<ProjectRecord>>;
+    /// Projects visible under `filter` (by name), after `last`, at most `limit`.
+    async fn list_projects(
+        &self,
+        filter: &RepositoryFilter,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ProjectRecord>>;
+    async fn set_project_public(&self, name: &str, public: bool) -> Result<bool>;
+    /// Deletes a project that holds no repository content; `Err`-free `false` when absent.
+    async fn delete_project(&self, name: &str) -> Result<bool>;
+    /// Repositories of a project that hold content (a project with any cannot be deleted).
+    async fn project_repository_count(&self, name: &str) -> Result<i64>;
+
+    /// Adds a member or changes its role.
+    async fn set_member(&self, project_id: i64, user_id: i64, role: &str) -> Result<()>;
+    async fn remove_member(&self, project_id: i64, user_id: i64) -> Result<bool>;
+    async fn members(&self, project_id: i64) -> Result<Vec<MemberRecord>>;
+    async fn member_role(&self, project_id: i64, user_id: i64) -> Result<Option<String>>;
+
+    async fn setting(&self, key: &str) -> Result<Option<String>>;
+    async fn put_setting(&self, key: &str, value: &str) -> Result<()>;
+    /// Stores `value` unless the key exists; returns the stored value either way (replicas
+    /// starting together agree on one).
+    async fn setting_or_insert(&self, key: &str, value: &str) -> Result<String>;
+}
+
+/// The project a repository name belongs to: its first path component.
+pub fn project_of(repository: &str) -> &str {
+    repository.split('/').next().unwrap_or(repository)
 }
 
 /// Milliseconds since the Unix epoch.

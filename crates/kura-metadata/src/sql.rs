@@ -18,17 +18,26 @@ use sqlx::sqlite::{
 };
 
 use crate::{
-    BlobRecord, DeletedManifest, ManifestRecord, MetadataError, MetadataStore, NewManifest,
-    PutManifestOutcome, ReferrerRecord, Result, UploadRecord, now_ms,
+    AccessStore, BlobRecord, DeletedManifest, ManifestRecord, MemberRecord, MetadataError,
+    MetadataStore, NewManifest, ProjectRecord, PutManifestOutcome, ReferrerRecord,
+    RepositoryFilter, Result, UploadRecord, UserRecord, now_ms, project_of,
 };
 
 /// Embedded migrations: (version, name, sqlite DDL, postgres DDL). Append only.
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "core",
-    include_str!("migrations/sqlite/0001_core.sql"),
-    include_str!("migrations/postgres/0001_core.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "core",
+        include_str!("migrations/sqlite/0001_core.sql"),
+        include_str!("migrations/postgres/0001_core.sql"),
+    ),
+    (
+        2,
+        "identity",
+        include_str!("migrations/sqlite/0002_identity.sql"),
+        include_str!("migrations/postgres/0002_identity.sql"),
+    ),
+];
 
 /// Key of the PostgreSQL advisory lock that serializes migrations across replicas.
 const MIGRATION_LOCK_KEY: i64 = 0x6b75_7261_6d69_6772; // "kuramigr"
@@ -220,6 +229,328 @@ impl SqlStore {
     }
 }
 
+/// (apply the visibility filter?, user id or -1) for [`RepositoryFilter`] queries.
+fn filter_params(filter: &RepositoryFilter) -> (bool, i64) {
+    match filter {
+        RepositoryFilter::All => (false, -1),
+        RepositoryFilter::VisibleTo { user_id } => (true, user_id.unwrap_or(-1)),
+    }
+}
+
+type UserRow = (i64, String, Option<String>, Option<String>, bool, bool, i64);
+const USER_COLUMNS: &str = "id, username, password_hash, email, is_admin, disabled, created_at";
+
+fn user_from_row(r: UserRow) -> UserRecord {
+    UserRecord {
+        id: r.0,
+        username: r.1,
+        password_hash: r.2,
+        email: r.3,
+        is_admin: r.4,
+        disabled: r.5,
+        created_at: r.6,
+    }
+}
+
+fn project_from_row(r: (i64, String, bool, i64)) -> ProjectRecord {
+    ProjectRecord {
+        id: r.0,
+        name: r.1,
+        public: r.2,
+        created_at: r.3,
+    }
+}
+
+#[async_trait]
+impl AccessStore for SqlStore {
+    async fn user_count(&self) -> Result<i64> {
+        with_read!(self, |p| {
+            Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
+                .fetch_one(p)
+                .await?)
+        })
+    }
+
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: Option<&str>,
+        email: Option<&str>,
+        is_admin: bool,
+    ) -> Result<Option<i64>> {
+        let now = now_ms();
+        with_write!(self, |p| {
+            Ok(sqlx::query_scalar(
+                "INSERT INTO users (username, password_hash, email, is_admin, disabled, \
+                 created_at, updated_at) VALUES ($1, $2, $3, $4, FALSE, $5, $5) \
+                 ON CONFLICT (username) DO NOTHING RETURNING id",
+            )
+            .bind(username)
+            .bind(password_hash)
+            .bind(email)
+            .bind(is_admin)
+            .bind(now)
+            .fetch_optional(p)
+            .await?)
+        })
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1");
+        let row: Option<UserRow> = with_read!(self, |p| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(username)
+                .fetch_optional(p)
+                .await?
+        });
+        Ok(row.map(user_from_row))
+    }
+
+    async fn user_by_id(&self, id: i64) -> Result<Option<UserRecord>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+        let row: Option<UserRow> = with_read!(self, |p| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_optional(p)
+                .await?
+        });
+        Ok(row.map(user_from_row))
+    }
+
+    async fn list_users(&self, last: Option<&str>, limit: u32) -> Result<Vec<UserRecord>> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE username > $1 ORDER BY username LIMIT $2"
+        );
+        let rows: Vec<UserRow> = with_read!(self, |p| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(last.unwrap_or(""))
+                .bind(i64::from(limit))
+                .fetch_all(p)
+                .await?
+        });
+        Ok(rows.into_iter().map(user_from_row).collect())
+    }
+
+    async fn update_user(
+        &self,
+        id: i64,
+        password_hash: Option<&str>,
+        is_admin: Option<bool>,
+        disabled: Option<bool>,
+    ) -> Result<bool> {
+        with_write!(self, |p| {
+            let res = sqlx::query(
+                "UPDATE users SET password_hash = COALESCE($2, password_hash), \
+                 is_admin = COALESCE($3, is_admin), disabled = COALESCE($4, disabled), \
+                 updated_at = $5 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(password_hash)
+            .bind(is_admin)
+            .bind(disabled)
+            .bind(now_ms())
+            .execute(p)
+            .await?;
+            Ok(res.rows_affected() > 0)
+        })
+    }
+
+    async fn delete_user(&self, id: i64) -> Result<bool> {
+        with_write!(self, |p| {
+            let res = sqlx::query("DELETE FROM users WHERE id = $1")
+                .bind(id)
+                .execute(p)
+                .await?;
+            Ok(res.rows_affected() > 0)
+        })
+    }
+
+    async fn create_project(&self, name: &str, public: bool) -> Result<Option<i64>> {
+        with_write!(self, |p| {
+            Ok(sqlx::query_scalar(
+                "INSERT INTO projects (name, public, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO NOTHING RETURNING id",
+            )
+            .bind(name)
+            .bind(public)
+            .bind(now_ms())
+            .fetch_optional(p)
+            .await?)
+        })
+    }
+
+    async fn project(&self, name: &str) -> Result<Option<ProjectRecord>> {
+        let row: Option<(i64, String, bool, i64)> = with_read!(self, |p| {
+            sqlx::query_as("SELECT id, name, public, created_at FROM projects WHERE name = $1")
+                .bind(name)
+                .fetch_optional(p)
+                .await?
+        });
+        Ok(row.map(project_from_row))
+    }
+
+    async fn list_projects(
+        &self,
+        filter: &RepositoryFilter,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ProjectRecord>> {
+        let (filtered, user_id) = filter_params(filter);
+        let rows: Vec<(i64, String, bool, i64)> = with_read!(self, |p| {
+            sqlx::query_as(
+                "SELECT p.id, p.name, p.public, p.created_at FROM projects p \
+                 WHERE p.name > $1 AND (NOT $3 OR p.public OR EXISTS (SELECT 1 \
+                   FROM project_members pm WHERE pm.project_id = p.id AND pm.user_id = $4)) \
+                 ORDER BY p.name LIMIT $2",
+            )
+            .bind(last.unwrap_or(""))
+            .bind(i64::from(limit))
+            .bind(filtered)
+            .bind(user_id)
+            .fetch_all(p)
+            .await?
+        });
+        Ok(rows.into_iter().map(project_from_row).collect())
+    }
+
+    async fn set_project_public(&self, name: &str, public: bool) -> Result<bool> {
+        with_write!(self, |p| {
+            let res = sqlx::query("UPDATE projects SET public = $2 WHERE name = $1")
+                .bind(name)
+                .bind(public)
+                .execute(p)
+                .await?;
+            Ok(res.rows_affected() > 0)
+        })
+    }
+
+    async fn delete_project(&self, name: &str) -> Result<bool> {
+        with_write!(self, |p| {
+            let res = sqlx::query("DELETE FROM projects WHERE name = $1")
+                .bind(name)
+                .execute(p)
+                .await?;
+            Ok(res.rows_affected() > 0)
+        })
+    }
+
+    async fn project_repository_count(&self, name: &str) -> Result<i64> {
+        with_read!(self, |p| {
+            Ok(sqlx::query_scalar(
+                "SELECT COUNT(*) FROM repositories r WHERE r.project = $1 \
+                 AND (EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id) \
+                   OR EXISTS (SELECT 1 FROM repository_blobs b WHERE b.repository_id = r.id))",
+            )
+            .bind(name)
+            .fetch_one(p)
+            .await?)
+        })
+    }
+
+    async fn set_member(&self, project_id: i64, user_id: i64, role: &str) -> Result<()> {
+        with_write!(self, |p| {
+            sqlx::query(
+                "INSERT INTO project_members (project_id, user_id, role, created_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (project_id, user_id) \
+                 DO UPDATE SET role = excluded.role",
+            )
+            .bind(project_id)
+            .bind(user_id)
+            .bind(role)
+            .bind(now_ms())
+            .execute(p)
+            .await?;
+        });
+        Ok(())
+    }
+
+    async fn remove_member(&self, project_id: i64, user_id: i64) -> Result<bool> {
+        with_write!(self, |p| {
+            let res =
+                sqlx::query("DELETE FROM project_members WHERE project_id = $1 AND user_id = $2")
+                    .bind(project_id)
+                    .bind(user_id)
+                    .execute(p)
+                    .await?;
+            Ok(res.rows_affected() > 0)
+        })
+    }
+
+    async fn members(&self, project_id: i64) -> Result<Vec<MemberRecord>> {
+        let rows: Vec<(i64, String, String)> = with_read!(self, |p| {
+            sqlx::query_as(
+                "SELECT u.id, u.username, pm.role FROM project_members pm \
+                 JOIN users u ON u.id = pm.user_id WHERE pm.project_id = $1 \
+                 ORDER BY u.username",
+            )
+            .bind(project_id)
+            .fetch_all(p)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(user_id, username, role)| MemberRecord {
+                user_id,
+                username,
+                role,
+            })
+            .collect())
+    }
+
+    async fn member_role(&self, project_id: i64, user_id: i64) -> Result<Option<String>> {
+        with_read!(self, |p| {
+            Ok(sqlx::query_scalar(
+                "SELECT role FROM project_members WHERE project_id = $1 AND user_id = $2",
+            )
+            .bind(project_id)
+            .bind(user_id)
+            .fetch_optional(p)
+            .await?)
+        })
+    }
+
+    async fn setting(&self, key: &str) -> Result<Option<String>> {
+        with_read!(self, |p| {
+            Ok(
+                sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+                    .bind(key)
+                    .fetch_optional(p)
+                    .await?,
+            )
+        })
+    }
+
+    async fn put_setting(&self, key: &str, value: &str) -> Result<()> {
+        with_write!(self, |p| {
+            sqlx::query(
+                "INSERT INTO settings (key, value) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(key)
+            .bind(value)
+            .execute(p)
+            .await?;
+        });
+        Ok(())
+    }
+
+    async fn setting_or_insert(&self, key: &str, value: &str) -> Result<String> {
+        with_write!(self, |p| {
+            sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(key)
+                .bind(value)
+                .execute(p)
+                .await?;
+            Ok(
+                sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+                    .bind(key)
+                    .fetch_one(p)
+                    .await?,
+            )
+        })
+    }
+}
+
 type UploadRow = (String, i64, i64, String, Vec<u8>, String, i64, i64);
 
 fn upload_from_row(r: UploadRow) -> UploadRecord {
@@ -271,10 +602,11 @@ impl MetadataStore for SqlStore {
         }
         with_write!(self, |p| {
             sqlx::query(
-                "INSERT INTO repositories (name, created_at) VALUES ($1, $2) \
+                "INSERT INTO repositories (name, project, created_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (name) DO NOTHING",
             )
             .bind(name)
+            .bind(project_of(name))
             .bind(now_ms())
             .execute(p)
             .await?;
@@ -298,16 +630,28 @@ impl MetadataStore for SqlStore {
         })
     }
 
-    async fn list_repositories(&self, last: Option<&str>, limit: u32) -> Result<Vec<String>> {
+    async fn list_repositories(
+        &self,
+        filter: &RepositoryFilter,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        let (filtered, user_id) = filter_params(filter);
         with_read!(self, |p| {
             Ok(sqlx::query_scalar(
                 "SELECT r.name FROM repositories r WHERE r.name > $1 \
                  AND (EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id) \
                    OR EXISTS (SELECT 1 FROM repository_blobs b WHERE b.repository_id = r.id)) \
+                 AND (NOT $3 OR r.project IN (SELECT name FROM projects WHERE public) \
+                   OR r.project IN (SELECT p.name FROM projects p \
+                      JOIN project_members pm ON pm.project_id = p.id \
+                      WHERE pm.user_id = $4 AND pm.role <> 'limited_guest')) \
                  ORDER BY r.name LIMIT $2",
             )
             .bind(last.unwrap_or(""))
             .bind(i64::from(limit))
+            .bind(filtered)
+            .bind(user_id)
             .fetch_all(p)
             .await?)
         })
@@ -938,14 +1282,68 @@ mod tests {
         assert_eq!(deleted.tags.len(), 4);
         assert!(s.delete_manifest(repo, M1).await.unwrap().is_none());
         assert!(s.list_tags(repo, None, 100).await.unwrap().is_empty());
+        let all = RepositoryFilter::All;
         assert_eq!(
-            s.list_repositories(None, 10).await.unwrap(),
+            s.list_repositories(&all, None, 10).await.unwrap(),
             vec!["a/b", "c"]
         );
         assert_eq!(
-            s.list_repositories(Some("a/b"), 10).await.unwrap(),
+            s.list_repositories(&all, Some("a/b"), 10).await.unwrap(),
             vec!["c"]
         );
+        // Visibility: project "a" private with a member, "c" public.
+        let anon = RepositoryFilter::VisibleTo { user_id: None };
+        assert!(
+            s.list_repositories(&anon, None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let pa = s.create_project("a", false).await.unwrap().unwrap();
+        assert!(s.create_project("a", true).await.unwrap().is_none());
+        s.create_project("c", true).await.unwrap().unwrap();
+        assert_eq!(
+            s.list_repositories(&anon, None, 10).await.unwrap(),
+            vec!["c"]
+        );
+        let u = s
+            .create_user("dev", Some("h"), None, false)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            s.create_user("dev", None, None, false)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        s.set_member(pa, u, "guest").await.unwrap();
+        let dev = RepositoryFilter::VisibleTo { user_id: Some(u) };
+        assert_eq!(
+            s.list_repositories(&dev, None, 10).await.unwrap(),
+            vec!["a/b", "c"]
+        );
+        s.set_member(pa, u, "limited_guest").await.unwrap();
+        assert_eq!(
+            s.member_role(pa, u).await.unwrap().as_deref(),
+            Some("limited_guest")
+        );
+        assert_eq!(
+            s.list_repositories(&dev, None, 10).await.unwrap(),
+            vec!["c"]
+        );
+        assert_eq!(s.list_projects(&anon, None, 10).await.unwrap().len(), 1);
+        assert_eq!(s.list_projects(&dev, None, 10).await.unwrap().len(), 2);
+        assert_eq!(s.members(pa).await.unwrap()[0].username, "dev");
+        assert_eq!(s.project_repository_count("a").await.unwrap(), 1);
+        assert!(s.remove_member(pa, u).await.unwrap());
+        assert!(s.update_user(u, None, Some(true), None).await.unwrap());
+        assert!(s.user_by_name("dev").await.unwrap().unwrap().is_admin);
+        assert_eq!(s.user_count().await.unwrap(), 1);
+        assert_eq!(s.setting_or_insert("k", "1").await.unwrap(), "1");
+        assert_eq!(s.setting_or_insert("k", "2").await.unwrap(), "1");
+        s.put_setting("k", "3").await.unwrap();
+        assert_eq!(s.setting("k").await.unwrap().as_deref(), Some("3"));
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ mod uploads;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kura_metadata::MetadataStore;
+use kura_metadata::{MetadataStore, RepositoryFilter};
 use kura_oci::RepositoryName;
 use kura_storage::BlobStore;
 
@@ -115,16 +115,21 @@ impl Registry {
         }
     }
 
-    /// Lists repositories after `last` (bytewise order), at most `n`; `more` tells whether
-    /// another page exists.
-    pub async fn catalog(&self, last: Option<&str>, n: u32) -> Result<(Vec<String>, bool)> {
+    /// Lists repositories visible under `filter` after `last` (bytewise order), at most `n`;
+    /// `more` tells whether another page exists.
+    pub async fn catalog(
+        &self,
+        filter: &RepositoryFilter,
+        last: Option<&str>,
+        n: u32,
+    ) -> Result<(Vec<String>, bool)> {
         if n == 0 {
             return Ok((Vec::new(), false));
         }
         let mut names = self
             .inner
             .meta
-            .list_repositories(last, n.saturating_add(1))
+            .list_repositories(filter, last, n.saturating_add(1))
             .await?;
         let more = names.len() > n as usize;
         names.truncate(n as usize);

@@ -11,11 +11,17 @@ use serde_json::json;
 pub struct ApiError {
     pub error: RegistryError,
     pub repo: Option<RepositoryName>,
+    /// `WWW-Authenticate` value for 401 answers.
+    pub challenge: Option<HeaderValue>,
 }
 
 impl From<RegistryError> for ApiError {
     fn from(error: RegistryError) -> Self {
-        ApiError { error, repo: None }
+        ApiError {
+            error,
+            repo: None,
+            challenge: None,
+        }
     }
 }
 
@@ -33,6 +39,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = error_response(&self.error);
+        if let Some(c) = self.challenge {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, c);
+        }
         if let (Some(upload), Some(repo)) = (&self.error.upload, &self.repo) {
             let h = resp.headers_mut();
             if let Ok(v) = HeaderValue::from_str(&crate::v2::upload_location(repo, &upload.id)) {

@@ -4,6 +4,12 @@
 //! error to the distribution spec's wire format. Cross-cutting concerns (request ids, tracing,
 //! panics, the API version header) are tower layers applied in [`router`].
 
+// Handler errors are whole responses (or carry the headers of one); they are the cold path of
+// an I/O-bound server, so their size is not worth an allocation per error.
+#![allow(clippy::result_large_err)]
+
+mod api;
+mod auth;
 mod errors;
 mod health;
 mod range;
@@ -27,6 +33,9 @@ pub use errors::error_response;
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Registry,
+    pub auth: std::sync::Arc<kura_auth::Auth>,
+    /// Token realm URL to announce (`auth.realm`); `None`: derived from each request's Host.
+    pub realm: Option<String>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -55,6 +64,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(v2::routes())
         .merge(health::routes())
+        .merge(api::routes())
+        .route("/token", axum::routing::get(auth::token))
         .with_state(state)
         .layer(CatchPanicLayer::custom(errors::panic_response))
         .layer(trace)

@@ -13,9 +13,11 @@ use kura_oci::{Digest, ErrorCode, Reference, RepositoryName, media_types as mt};
 use kura_registry::RegistryError;
 
 use crate::AppState;
+use crate::auth;
 use crate::errors::ApiError;
 use crate::range::{self, RangeRequest};
 use crate::v2_route::{self, V2Route};
+use kura_auth::Action;
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -38,8 +40,15 @@ pub fn routes() -> Router<AppState> {
         ))
 }
 
-async fn base() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], "{}").into_response()
+async fn base(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let checked = async {
+        let identity = auth::identify(&state, &headers).await?;
+        auth::require_identity(&state, &headers, &identity)
+    };
+    match checked.await {
+        Ok(()) => ([(header::CONTENT_TYPE, "application/json")], "{}").into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 pub fn upload_location(repo: &RepositoryName, id: &str) -> String {
@@ -81,12 +90,12 @@ fn parse_reference(raw: &str) -> Result<Reference, ApiError> {
 }
 
 fn query_map(raw: Option<&str>) -> HashMap<String, String> {
-    raw.map(|q| {
-        url_decode_pairs(q)
-            .into_iter()
-            .collect::<HashMap<String, String>>()
-    })
-    .unwrap_or_default()
+    query_pairs(raw).into_iter().collect()
+}
+
+/// Decoded query parameters in order (repeated keys kept, e.g. several `scope`s).
+pub fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+    raw.map(url_decode_pairs).unwrap_or_default()
 }
 
 /// Minimal `application/x-www-form-urlencoded` decoding of a query string.
@@ -146,11 +155,22 @@ impl ApiError {
 
 async fn catalog(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
+    let identity = auth::identify(&state, &headers).await?;
+    if auth::require_identity(&state, &headers, &identity).is_err() {
+        return Err(auth::challenge(
+            &state,
+            &headers,
+            Some("registry:catalog:*".into()),
+            false,
+        ));
+    }
     let n = page_size(&q)?;
     let last = q.get("last").map(String::as_str).filter(|s| !s.is_empty());
-    let (repos, more) = state.registry.catalog(last, n).await?;
+    let filter = state.auth.repository_filter(&identity);
+    let (repos, more) = state.registry.catalog(&filter, last, n).await?;
     let mut resp = json_response(
         StatusCode::OK,
         "application/json",
@@ -190,6 +210,10 @@ async fn dispatch(
             .into_response();
     };
     let q = query_map(query.as_deref());
+    let identity = match authorize_route(&state, &headers, &route, &method).await {
+        Ok(identity) => identity,
+        Err(e) => return e.into_response(),
+    };
     let result = match route {
         V2Route::Manifest { name, reference } => match method {
             Method::GET | Method::HEAD => {
@@ -207,7 +231,7 @@ async fn dispatch(
             _ => Err(method_not_allowed()),
         },
         V2Route::UploadStart { name } => match method {
-            Method::POST => start_upload(&state, name, &q, &headers, body).await,
+            Method::POST => start_upload(&state, name, &q, &headers, &identity, body).await,
             _ => Err(method_not_allowed()),
         },
         V2Route::Upload { name, id } => match method {
@@ -227,6 +251,32 @@ async fn dispatch(
         },
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Authenticates the request and checks the actions its route needs: the one place `/v2`
+/// requests are authorized. Returns who is asking.
+async fn authorize_route(
+    state: &AppState,
+    headers: &HeaderMap,
+    route: &V2Route<'_>,
+    method: &Method,
+) -> Result<kura_auth::Identity, ApiError> {
+    let identity = auth::identify(state, headers).await?;
+    let (name, needed): (&str, &[Action]) = match (route, method) {
+        (V2Route::Manifest { name, .. } | V2Route::Blob { name, .. }, &Method::DELETE) => {
+            (name, &[Action::Delete])
+        }
+        (V2Route::Manifest { name, .. }, &Method::PUT) => (name, &[Action::Push]),
+        (V2Route::Manifest { name, .. } | V2Route::Blob { name, .. }, _) => (name, &[Action::Pull]),
+        (V2Route::UploadStart { name } | V2Route::Upload { name, .. }, _) => {
+            (name, &[Action::Push])
+        }
+        (V2Route::Tags { name }, _) => (name, &[Action::List]),
+        (V2Route::Referrers { name, .. }, _) => (name, &[Action::Pull]),
+    };
+    parse_name(name)?;
+    auth::authorize(state, headers, &identity, name, needed).await?;
+    Ok(identity)
 }
 
 fn method_not_allowed() -> ApiError {
@@ -539,6 +589,7 @@ async fn start_upload(
     name: &str,
     q: &HashMap<String, String>,
     headers: &HeaderMap,
+    identity: &kura_auth::Identity,
     body: Body,
 ) -> ApiResult {
     let repo = parse_name(name)?;
@@ -546,7 +597,12 @@ async fn start_upload(
         let digest = parse_digest(mount)?;
         if let Some(from) = q.get("from") {
             let from = parse_name(from)?;
-            if state.registry.mount_blob(&repo, &digest, &from).await? {
+            // Mounting reads from `from`: without pull access there, upload normally instead.
+            let may_read =
+                auth::authorize(state, headers, identity, from.as_str(), &[Action::Pull])
+                    .await
+                    .is_ok();
+            if may_read && state.registry.mount_blob(&repo, &digest, &from).await? {
                 return Ok(blob_created(&repo, &digest));
             }
         }

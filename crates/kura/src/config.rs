@@ -20,6 +20,27 @@ pub struct FileConfig {
     pub storage: StorageSection,
     #[serde(default)]
     pub metadata: MetadataSection,
+    #[serde(default)]
+    pub auth: AuthSection,
+}
+
+/// `[auth]`: access control.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    pub mode: Option<AuthModeSetting>,
+    pub token_ttl_secs: Option<u64>,
+    pub realm: Option<String>,
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthModeSetting {
+    /// No authentication: everyone may do everything.
+    Open,
+    /// Users, projects, roles and token authentication.
+    Local,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +172,19 @@ pub struct ServeArgs {
     /// Metadata database URL, sqlite://PATH or postgres://... [default: sqlite://DATA_DIR/kura.db].
     #[arg(long, env = "KURA_METADATA_URL")]
     pub metadata_url: Option<String>,
+    /// Access control: open (no authentication) or local (users, projects, roles)
+    /// [default: open].
+    #[arg(long, env = "KURA_AUTH_MODE", value_enum)]
+    pub auth_mode: Option<AuthModeSetting>,
+    /// Lifetime of issued bearer tokens, seconds [default: 300].
+    #[arg(long, env = "KURA_AUTH_TOKEN_TTL_SECS")]
+    pub auth_token_ttl_secs: Option<u64>,
+    /// Token realm URL announced in challenges [default: http(s)://HOST/token of the request].
+    #[arg(long, env = "KURA_AUTH_REALM")]
+    pub auth_realm: Option<String>,
+    /// Token service name [default: kura].
+    #[arg(long, env = "KURA_AUTH_SERVICE")]
+    pub auth_service: Option<String>,
     /// Maximum pooled database connections [default: 16].
     #[arg(long, env = "KURA_METADATA_MAX_CONNECTIONS")]
     pub metadata_max_connections: Option<u32>,
@@ -179,6 +213,10 @@ pub struct Settings {
     pub durability: DurabilityMode,
     pub metadata_url: String,
     pub metadata_max_connections: u32,
+    pub auth_mode: AuthModeSetting,
+    pub auth_token_ttl: Duration,
+    pub auth_realm: Option<String>,
+    pub auth_service: String,
 }
 
 impl Settings {
@@ -247,6 +285,7 @@ impl Settings {
             }
         };
         let r = file.registry;
+        let a = file.auth;
         Ok(Settings {
             listen: args
                 .listen
@@ -288,6 +327,19 @@ impl Settings {
                 .metadata_max_connections
                 .or(file.metadata.max_connections)
                 .unwrap_or(16),
+            auth_mode: args.auth_mode.or(a.mode).unwrap_or(AuthModeSetting::Open),
+            auth_token_ttl: Duration::from_secs(
+                args.auth_token_ttl_secs
+                    .or(a.token_ttl_secs)
+                    .unwrap_or(300)
+                    .max(1),
+            ),
+            auth_realm: args.auth_realm.clone().or(a.realm),
+            auth_service: args
+                .auth_service
+                .clone()
+                .or(a.service)
+                .unwrap_or_else(|| "kura".into()),
             data_dir,
         })
     }

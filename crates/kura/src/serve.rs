@@ -4,13 +4,16 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use kura_metadata::MetadataStore;
+use kura_auth::{Auth, AuthConfig, AuthMode};
 use kura_metadata::sql::SqlOptions;
+use kura_metadata::{AccessStore, MetadataStore};
 use kura_registry::{Registry, RegistryConfig};
 use kura_storage::{BlobStore, Durability, FsBlobStore, S3BlobStore};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{DurabilityMode, LogFormat, ServeArgs, Settings, StorageBackend};
+use crate::config::{
+    AuthModeSetting, DurabilityMode, LogFormat, ServeArgs, Settings, StorageBackend,
+};
 
 pub fn run(args: ServeArgs) -> ExitCode {
     let settings = match Settings::resolve(&args) {
@@ -71,7 +74,7 @@ async fn serve(s: Settings) -> Result<(), String> {
             S3BlobStore::new(cfg).map_err(|e| format!("cannot configure S3 storage: {e}"))?,
         ),
     };
-    let meta: Arc<dyn MetadataStore> = Arc::new(
+    let sql = Arc::new(
         kura_metadata::SqlStore::connect(
             &s.metadata_url,
             &SqlOptions {
@@ -81,6 +84,24 @@ async fn serve(s: Settings) -> Result<(), String> {
         )
         .await
         .map_err(|e| format!("cannot open metadata store: {e}"))?,
+    );
+    let meta: Arc<dyn MetadataStore> = sql.clone();
+    let access: Arc<dyn AccessStore> = sql;
+    let auth = Arc::new(
+        Auth::new(
+            access,
+            AuthConfig {
+                mode: match s.auth_mode {
+                    AuthModeSetting::Open => AuthMode::Open,
+                    AuthModeSetting::Local => AuthMode::Local,
+                },
+                token_ttl: s.auth_token_ttl,
+                service: s.auth_service.clone(),
+                admin_password: std::env::var("KURA_ADMIN_PASSWORD").ok(),
+            },
+        )
+        .await
+        .map_err(|e| format!("cannot set up access control: {e}"))?,
     );
     let registry = Registry::new(
         meta,
@@ -94,7 +115,11 @@ async fn serve(s: Settings) -> Result<(), String> {
         Vec::new(),
     );
     let expiry = kura_server::spawn_upload_expiry(registry.clone(), s.upload_sweep);
-    let app = kura_server::router(kura_server::AppState { registry });
+    let app = kura_server::router(kura_server::AppState {
+        registry,
+        auth,
+        realm: s.auth_realm.clone(),
+    });
     let listener = tokio::net::TcpListener::bind(&s.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", s.listen))?;

@@ -1,0 +1,829 @@
+//! Identity and access: who is asking ([`Identity`]) and what they may do.
+//!
+//! In `open` mode (the default, like the reference registry) everything is allowed to everyone
+//! and nothing here is consulted beyond [`Auth::mode`]. In `local` mode users live in the
+//! metadata database with argon2id password hashes, repositories belong to projects (their
+//! first path component), project members hold roles from the [`permissions`] table, and
+//! clients authenticate with HTTP Basic or with short-lived Docker bearer tokens that this
+//! crate issues and verifies (HS256; the key lives in the shared database, so every replica
+//! accepts every replica's tokens).
+//!
+//! [`Auth::authorize`] is the single decision point for registry requests; the management
+//! operations below apply the same table.
+
+mod password;
+pub mod permissions;
+mod token;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kura_metadata::{
+    AccessStore, MemberRecord, MetadataError, ProjectRecord, RepositoryFilter, UserRecord,
+    project_of,
+};
+use sha2::Digest as _;
+
+pub use permissions::{Action, PERMISSIONS, PUBLIC_ACTIONS, Role, role_allows};
+pub use token::{Grant, TokenResponse, rfc3339};
+
+/// Whether access control is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// No authentication; everyone may do everything (a trusted network, CI caches, tests).
+    Open,
+    /// Users, projects, roles and tokens from the metadata database.
+    Local,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// Lifetime of issued bearer tokens.
+    pub token_ttl: Duration,
+    /// The `service` of the token challenge.
+    pub service: String,
+    /// Password of the first administrator, created when no user exists yet. Without it a
+    /// random password is generated and printed once to the log.
+    pub admin_password: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::Open,
+            token_ttl: Duration::from_secs(300),
+            service: "kura".into(),
+            admin_password: None,
+        }
+    }
+}
+
+/// A logged-in user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRef {
+    pub id: i64,
+    pub username: String,
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Anonymous,
+    User(UserRef),
+}
+
+/// Who is asking, and (for bearer tokens) exactly what their token grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub principal: Principal,
+    /// `Some` when authenticated by a bearer token: only these grants count.
+    pub grants: Option<Vec<Grant>>,
+}
+
+impl Identity {
+    pub fn anonymous() -> Identity {
+        Identity {
+            principal: Principal::Anonymous,
+            grants: None,
+        }
+    }
+
+    pub fn user(&self) -> Option<&UserRef> {
+        match &self.principal {
+            Principal::User(u) => Some(u),
+            Principal::Anonymous => None,
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.user().is_some_and(|u| u.admin)
+    }
+
+    /// A name for logs and audit.
+    pub fn name(&self) -> &str {
+        self.user()
+            .map(|u| u.username.as_str())
+            .unwrap_or("anonymous")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid credentials")]
+    BadCredentials,
+    #[error("authentication required")]
+    Unauthenticated,
+    #[error("{0}")]
+    Denied(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Store(#[from] MetadataError),
+}
+
+pub type Result<T, E = AuthError> = std::result::Result<T, E>;
+
+/// Why a registry request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// No credentials: 401 with a challenge for the scope.
+    NeedsAuthentication,
+    /// A bearer token without the scope: 401 with `error="insufficient_scope"`.
+    InsufficientScope,
+    /// Authenticated, but the role does not allow it: 403 DENIED.
+    Forbidden(String),
+    /// Push into a project that does not exist (and may not be created here): 404.
+    ProjectMissing(String),
+}
+
+/// System settings that change access rules, with their defaults.
+pub mod settings {
+    /// `everyone` (default) or `admin_only`: who may create projects.
+    pub const PROJECT_CREATION: &str = "project_creation";
+    /// `true` or `false` (default): a push into a missing project creates it (private, the
+    /// pusher as project admin) when the pusher may create projects.
+    pub const AUTO_CREATE_PROJECTS: &str = "auto_create_projects";
+    pub const ALL: [(&str, &str); 2] = [
+        (PROJECT_CREATION, "everyone"),
+        (AUTO_CREATE_PROJECTS, "false"),
+    ];
+}
+
+const SIGNING_KEY_SETTING: &str = "token_signing_key";
+/// Verified Basic credentials are remembered this long, so a client sending them on every
+/// request does not pay an argon2 hash each time.
+const BASIC_CACHE_TTL: Duration = Duration::from_secs(60);
+
+pub struct Auth {
+    store: Arc<dyn AccessStore>,
+    config: AuthConfig,
+    signing_key: Vec<u8>,
+    basic_cache: Mutex<HashMap<[u8; 32], (UserRef, Instant)>>,
+}
+
+impl Auth {
+    /// Prepares access control; in local mode loads (or creates) the token signing key and the
+    /// first administrator.
+    pub async fn new(store: Arc<dyn AccessStore>, config: AuthConfig) -> Result<Auth> {
+        let mut signing_key = Vec::new();
+        if config.mode == AuthMode::Local {
+            let fresh = hex::encode(rand::random::<[u8; 32]>());
+            let stored = store.setting_or_insert(SIGNING_KEY_SETTING, &fresh).await?;
+            signing_key = hex::decode(stored)
+                .map_err(|_| AuthError::Invalid("stored token signing key is not hex".into()))?;
+            bootstrap_admin(store.as_ref(), config.admin_password.as_deref()).await?;
+        }
+        Ok(Auth {
+            store,
+            config,
+            signing_key,
+            basic_cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn mode(&self) -> AuthMode {
+        self.config.mode
+    }
+
+    pub fn service(&self) -> &str {
+        &self.config.service
+    }
+
+    pub fn store(&self) -> &Arc<dyn AccessStore> {
+        &self.store
+    }
+
+    /// Reads an `Authorization` header value. No header: anonymous.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Identity> {
+        let Some(value) = authorization.map(str::trim).filter(|v| !v.is_empty()) else {
+            return Ok(Identity::anonymous());
+        };
+        let (scheme, rest) = value.split_once(' ').ok_or(AuthError::BadCredentials)?;
+        if scheme.eq_ignore_ascii_case("basic") {
+            let (user, pass) = decode_basic(rest.trim()).ok_or(AuthError::BadCredentials)?;
+            let user = self.verify_password(&user, &pass).await?;
+            Ok(Identity {
+                principal: Principal::User(user),
+                grants: None,
+            })
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            token::verify(&self.signing_key, &self.config.service, rest.trim())
+        } else {
+            Err(AuthError::BadCredentials)
+        }
+    }
+
+    /// Checks a username and password (constant work whether or not the user exists).
+    pub async fn verify_password(&self, username: &str, password: &str) -> Result<UserRef> {
+        let cache_key: [u8; 32] =
+            sha2::Sha256::digest(format!("{username}\0{password}").as_bytes()).into();
+        if let Some((user, at)) = self.basic_cache.lock().expect("cache").get(&cache_key)
+            && at.elapsed() < BASIC_CACHE_TTL
+        {
+            return Ok(user.clone());
+        }
+        let record = self.store.user_by_name(username).await?;
+        let hash = record.as_ref().and_then(|u| u.password_hash.clone());
+        let ok = password::verify(password.to_string(), hash).await;
+        match record {
+            Some(u) if ok && !u.disabled => {
+                let user = UserRef {
+                    id: u.id,
+                    username: u.username,
+                    admin: u.is_admin,
+                };
+                let mut cache = self.basic_cache.lock().expect("cache");
+                if cache.len() > 10_000 {
+                    cache.retain(|_, (_, at)| at.elapsed() < BASIC_CACHE_TTL);
+                }
+                cache.insert(cache_key, (user.clone(), Instant::now()));
+                Ok(user)
+            }
+            _ => {
+                tracing::info!(user = username, "failed login");
+                Err(AuthError::BadCredentials)
+            }
+        }
+    }
+
+    /// Which actions `identity` has in `project`, from the database (ignoring token grants).
+    pub async fn allowed(&self, identity: &Identity, project: &str) -> Result<Vec<Action>> {
+        if self.config.mode == AuthMode::Open || identity.is_admin() {
+            return Ok(Action::ALL.to_vec());
+        }
+        let Some(p) = self.store.project(project).await? else {
+            return Ok(Vec::new());
+        };
+        let mut actions: Vec<Action> = if p.public {
+            PUBLIC_ACTIONS.to_vec()
+        } else {
+            Vec::new()
+        };
+        if let Some(user) = identity.user()
+            && let Some(role) = self.store.member_role(p.id, user.id).await?
+            && let Some(role) = Role::parse(&role)
+        {
+            for (r, acts) in PERMISSIONS {
+                if *r == role {
+                    actions.extend_from_slice(acts);
+                }
+            }
+        }
+        actions.sort();
+        actions.dedup();
+        Ok(actions)
+    }
+
+    /// The decision for a registry request on `repository` needing `needed`.
+    pub async fn authorize(
+        &self,
+        identity: &Identity,
+        repository: &str,
+        needed: &[Action],
+    ) -> Result<Result<(), Denial>> {
+        if self.config.mode == AuthMode::Open {
+            return Ok(Ok(()));
+        }
+        if let Some(grants) = &identity.grants {
+            let granted = |a: Action| {
+                grants.iter().any(|g| {
+                    g.kind == "repository"
+                        && g.name == repository
+                        && g.actions.iter().any(|s| Action::from_scope(s).contains(&a))
+                })
+            };
+            return Ok(if needed.iter().all(|a| granted(*a)) {
+                Ok(())
+            } else {
+                Err(Denial::InsufficientScope)
+            });
+        }
+        let project = project_of(repository);
+        if needed.contains(&Action::Push)
+            && !self.project_exists_for_push(identity, project).await?
+        {
+            return Ok(Err(match identity.principal {
+                Principal::Anonymous => Denial::NeedsAuthentication,
+                Principal::User(_) => Denial::ProjectMissing(project.to_string()),
+            }));
+        }
+        let allowed = self.allowed(identity, project).await?;
+        if needed.iter().all(|a| allowed.contains(a)) {
+            return Ok(Ok(()));
+        }
+        Ok(Err(match identity.principal {
+            Principal::Anonymous => Denial::NeedsAuthentication,
+            Principal::User(_) if self.store.project(project).await?.is_none() => {
+                Denial::ProjectMissing(project.to_string())
+            }
+            Principal::User(_) => Denial::Forbidden(format!(
+                "{} may not {} in project {project}",
+                identity.name(),
+                needed
+                    .iter()
+                    .map(|a| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join("+")
+            )),
+        }))
+    }
+
+    /// Whether `project` exists (creating it first when the setting allows): every push,
+    /// even an administrator's, goes into an existing project.
+    async fn project_exists_for_push(&self, identity: &Identity, project: &str) -> Result<bool> {
+        self.maybe_auto_create(identity, project).await?;
+        Ok(self.store.project(project).await?.is_some())
+    }
+
+    /// Creates a missing project on first push when the setting allows it.
+    async fn maybe_auto_create(&self, identity: &Identity, project: &str) -> Result<()> {
+        let Some(user) = identity.user() else {
+            return Ok(());
+        };
+        if self.setting(settings::AUTO_CREATE_PROJECTS).await? != "true"
+            || self.store.project(project).await?.is_some()
+            || !self.may_create_projects(identity).await?
+            || kura_oci::RepositoryName::parse(project).is_err()
+        {
+            return Ok(());
+        }
+        if let Some(id) = self.store.create_project(project, false).await? {
+            self.store
+                .set_member(id, user.id, Role::ProjectAdmin.as_str())
+                .await?;
+            tracing::info!(project, user = %user.username, "project created by push");
+        }
+        Ok(())
+    }
+
+    /// Issues a bearer token granting the requested scopes as far as `identity` may have
+    /// them (`repository:NAME:pull,push,delete`, `registry:catalog:*`).
+    pub async fn issue_token(
+        &self,
+        identity: &Identity,
+        scopes: &[String],
+    ) -> Result<TokenResponse> {
+        let mut grants = Vec::new();
+        for scope in scopes
+            .iter()
+            .flat_map(|s| s.split(' '))
+            .filter(|s| !s.is_empty())
+        {
+            let Some((kind, rest)) = scope.split_once(':') else {
+                continue;
+            };
+            let Some((name, actions)) = rest.rsplit_once(':') else {
+                continue;
+            };
+            match kind {
+                "repository" => {
+                    let requested: Vec<&str> = actions.split(',').collect();
+                    let project = project_of(name);
+                    // Auto-creation happens before permissions are read, so a new project's
+                    // creator is granted push on it.
+                    let wants_push = requested.contains(&"push") || requested.contains(&"*");
+                    let push_possible =
+                        !wants_push || self.project_exists_for_push(identity, project).await?;
+                    let mut allowed = self.allowed(identity, project).await?;
+                    if !push_possible {
+                        allowed.retain(|a| *a != Action::Push);
+                    }
+                    let mut granted: Vec<String> = Vec::new();
+                    for r in requested {
+                        let acts = Action::from_scope(r);
+                        if !acts.is_empty() && acts.iter().all(|a| allowed.contains(a)) {
+                            granted.push(r.to_string());
+                        }
+                    }
+                    grants.push(Grant {
+                        kind: "repository".into(),
+                        name: name.to_string(),
+                        actions: granted,
+                    });
+                }
+                "registry" if name == "catalog" => grants.push(Grant {
+                    kind: "registry".into(),
+                    name: "catalog".into(),
+                    actions: vec!["*".into()],
+                }),
+                _ => {}
+            }
+        }
+        Ok(token::issue(
+            &self.signing_key,
+            &self.config.service,
+            identity,
+            grants,
+            self.config.token_ttl,
+        ))
+    }
+
+    /// Which repositories listings may show to `identity`.
+    pub fn repository_filter(&self, identity: &Identity) -> RepositoryFilter {
+        if self.config.mode == AuthMode::Open || identity.is_admin() {
+            RepositoryFilter::All
+        } else {
+            RepositoryFilter::VisibleTo {
+                user_id: identity.user().map(|u| u.id),
+            }
+        }
+    }
+
+    // --- settings --------------------------------------------------------------------------
+
+    pub async fn setting(&self, key: &str) -> Result<String> {
+        let default = settings::ALL
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+            .ok_or_else(|| AuthError::NotFound(format!("no setting {key:?}")))?;
+        Ok(self.store.setting(key).await?.unwrap_or(default))
+    }
+
+    pub async fn settings(&self, identity: &Identity) -> Result<Vec<(String, String)>> {
+        require_admin(identity)?;
+        let mut out = Vec::new();
+        for (k, _) in settings::ALL {
+            out.push((k.to_string(), self.setting(k).await?));
+        }
+        Ok(out)
+    }
+
+    pub async fn put_setting(&self, identity: &Identity, key: &str, value: &str) -> Result<()> {
+        require_admin(identity)?;
+        let valid = match key {
+            settings::PROJECT_CREATION => matches!(value, "everyone" | "admin_only"),
+            settings::AUTO_CREATE_PROJECTS => matches!(value, "true" | "false"),
+            _ => return Err(AuthError::NotFound(format!("no setting {key:?}"))),
+        };
+        if !valid {
+            return Err(AuthError::Invalid(format!(
+                "invalid value {value:?} for {key}"
+            )));
+        }
+        Ok(self.store.put_setting(key, value).await?)
+    }
+
+    async fn may_create_projects(&self, identity: &Identity) -> Result<bool> {
+        Ok(match identity.user() {
+            None => false,
+            Some(u) if u.admin => true,
+            Some(_) => self.setting(settings::PROJECT_CREATION).await? == "everyone",
+        })
+    }
+
+    // --- projects and members --------------------------------------------------------------
+
+    pub async fn create_project(
+        &self,
+        identity: &Identity,
+        name: &str,
+        public: bool,
+    ) -> Result<ProjectRecord> {
+        let Some(user) = identity.user() else {
+            return Err(AuthError::Unauthenticated);
+        };
+        if !self.may_create_projects(identity).await? {
+            return Err(AuthError::Denied(
+                "only administrators may create projects".into(),
+            ));
+        }
+        if name.contains('/') || kura_oci::RepositoryName::parse(name).is_err() {
+            return Err(AuthError::Invalid(format!(
+                "invalid project name {name:?}: one path component of lowercase letters, digits and . _ -"
+            )));
+        }
+        let id = self
+            .store
+            .create_project(name, public)
+            .await?
+            .ok_or_else(|| AuthError::Conflict(format!("project {name} already exists")))?;
+        self.store
+            .set_member(id, user.id, Role::ProjectAdmin.as_str())
+            .await?;
+        self.store
+            .project(name)
+            .await?
+            .ok_or_else(|| AuthError::NotFound(format!("project {name}")))
+    }
+
+    /// A project `identity` may see (else NotFound, so names do not leak).
+    pub async fn project(&self, identity: &Identity, name: &str) -> Result<ProjectRecord> {
+        let not_found = || AuthError::NotFound(format!("project {name} not found"));
+        let p = self.store.project(name).await?.ok_or_else(not_found)?;
+        if !self
+            .allowed(identity, name)
+            .await?
+            .contains(&Action::ReadProject)
+        {
+            return Err(not_found());
+        }
+        Ok(p)
+    }
+
+    pub async fn list_projects(
+        &self,
+        identity: &Identity,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ProjectRecord>> {
+        Ok(self
+            .store
+            .list_projects(&self.repository_filter(identity), last, limit)
+            .await?)
+    }
+
+    async fn require(
+        &self,
+        identity: &Identity,
+        project: &str,
+        action: Action,
+    ) -> Result<ProjectRecord> {
+        let p = self.project(identity, project).await?;
+        if !self.allowed(identity, project).await?.contains(&action) {
+            return Err(AuthError::Denied(format!(
+                "{} may not {} in project {project}",
+                identity.name(),
+                action.as_str()
+            )));
+        }
+        Ok(p)
+    }
+
+    pub async fn set_project_public(
+        &self,
+        identity: &Identity,
+        name: &str,
+        public: bool,
+    ) -> Result<ProjectRecord> {
+        self.require(identity, name, Action::ManageProject).await?;
+        self.store.set_project_public(name, public).await?;
+        self.project(identity, name).await
+    }
+
+    pub async fn delete_project(&self, identity: &Identity, name: &str) -> Result<()> {
+        self.require(identity, name, Action::ManageProject).await?;
+        let n = self.store.project_repository_count(name).await?;
+        if n > 0 {
+            return Err(AuthError::Conflict(format!(
+                "project {name} still holds {n} repositories; delete them first"
+            )));
+        }
+        self.store.delete_project(name).await?;
+        Ok(())
+    }
+
+    pub async fn members(&self, identity: &Identity, project: &str) -> Result<Vec<MemberRecord>> {
+        let p = self.require(identity, project, Action::ReadProject).await?;
+        Ok(self.store.members(p.id).await?)
+    }
+
+    pub async fn set_member(
+        &self,
+        identity: &Identity,
+        project: &str,
+        username: &str,
+        role: &str,
+    ) -> Result<()> {
+        let p = self
+            .require(identity, project, Action::ManageMembers)
+            .await?;
+        let role = Role::parse(role).ok_or_else(|| {
+            AuthError::Invalid(format!(
+                "unknown role {role:?} (one of: {})",
+                Role::ALL.map(|r| r.as_str()).join(", ")
+            ))
+        })?;
+        let user = self
+            .store
+            .user_by_name(username)
+            .await?
+            .ok_or_else(|| AuthError::NotFound(format!("user {username} not found")))?;
+        Ok(self.store.set_member(p.id, user.id, role.as_str()).await?)
+    }
+
+    pub async fn remove_member(
+        &self,
+        identity: &Identity,
+        project: &str,
+        username: &str,
+    ) -> Result<()> {
+        let p = self
+            .require(identity, project, Action::ManageMembers)
+            .await?;
+        let not_member = || AuthError::NotFound(format!("{username} is not a member of {project}"));
+        let user = self
+            .store
+            .user_by_name(username)
+            .await?
+            .ok_or_else(not_member)?;
+        if !self.store.remove_member(p.id, user.id).await? {
+            return Err(not_member());
+        }
+        Ok(())
+    }
+
+    // --- users -----------------------------------------------------------------------------
+
+    pub async fn create_user(
+        &self,
+        identity: &Identity,
+        username: &str,
+        password: &str,
+        email: Option<&str>,
+        admin: bool,
+    ) -> Result<UserRecord> {
+        require_admin(identity)?;
+        validate_username(username)?;
+        validate_password(password)?;
+        let hash = password::hash(password.to_string()).await?;
+        let id = self
+            .store
+            .create_user(username, Some(&hash), email, admin)
+            .await?
+            .ok_or_else(|| AuthError::Conflict(format!("user {username} already exists")))?;
+        self.store
+            .user_by_id(id)
+            .await?
+            .ok_or_else(|| AuthError::NotFound(format!("user {username}")))
+    }
+
+    pub async fn list_users(
+        &self,
+        identity: &Identity,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<UserRecord>> {
+        require_admin(identity)?;
+        Ok(self.store.list_users(last, limit).await?)
+    }
+
+    pub async fn current_user(&self, identity: &Identity) -> Result<UserRecord> {
+        let user = identity.user().ok_or(AuthError::Unauthenticated)?;
+        self.store
+            .user_by_id(user.id)
+            .await?
+            .ok_or(AuthError::Unauthenticated)
+    }
+
+    /// Changes a password: your own (giving the current one) or anyone's as administrator.
+    pub async fn change_password(
+        &self,
+        identity: &Identity,
+        username: &str,
+        current: Option<&str>,
+        new: &str,
+    ) -> Result<()> {
+        let me = identity.user().ok_or(AuthError::Unauthenticated)?;
+        let target = self
+            .store
+            .user_by_name(username)
+            .await?
+            .ok_or_else(|| AuthError::NotFound(format!("user {username} not found")))?;
+        if !me.admin {
+            if me.id != target.id {
+                return Err(AuthError::Denied(
+                    "only administrators change other users' passwords".into(),
+                ));
+            }
+            let current = current
+                .ok_or_else(|| AuthError::Invalid("the current password is required".into()))?;
+            self.verify_password(username, current).await?;
+        }
+        validate_password(new)?;
+        let hash = password::hash(new.to_string()).await?;
+        self.store
+            .update_user(target.id, Some(&hash), None, None)
+            .await?;
+        self.basic_cache
+            .lock()
+            .expect("cache")
+            .retain(|_, (u, _)| u.id != target.id);
+        Ok(())
+    }
+
+    pub async fn update_user(
+        &self,
+        identity: &Identity,
+        username: &str,
+        admin: Option<bool>,
+        disabled: Option<bool>,
+    ) -> Result<UserRecord> {
+        require_admin(identity)?;
+        let target = self
+            .store
+            .user_by_name(username)
+            .await?
+            .ok_or_else(|| AuthError::NotFound(format!("user {username} not found")))?;
+        self.store
+            .update_user(target.id, None, admin, disabled)
+            .await?;
+        self.basic_cache
+            .lock()
+            .expect("cache")
+            .retain(|_, (u, _)| u.id != target.id);
+        self.store
+            .user_by_id(target.id)
+            .await?
+            .ok_or_else(|| AuthError::NotFound(format!("user {username}")))
+    }
+
+    pub async fn delete_user(&self, identity: &Identity, username: &str) -> Result<()> {
+        require_admin(identity)?;
+        let target = self
+            .store
+            .user_by_name(username)
+            .await?
+            .ok_or_else(|| AuthError::NotFound(format!("user {username} not found")))?;
+        if identity.user().is_some_and(|u| u.id == target.id) {
+            return Err(AuthError::Conflict("you cannot delete yourself".into()));
+        }
+        self.store.delete_user(target.id).await?;
+        self.basic_cache
+            .lock()
+            .expect("cache")
+            .retain(|_, (u, _)| u.id != target.id);
+        Ok(())
+    }
+}
+
+fn require_admin(identity: &Identity) -> Result<()> {
+    match identity.user() {
+        None => Err(AuthError::Unauthenticated),
+        Some(u) if u.admin => Ok(()),
+        Some(_) => Err(AuthError::Denied("system administrators only".into())),
+    }
+}
+
+fn validate_username(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::Invalid(
+            "usernames are 1-64 characters of letters, digits and . _ - @".into(),
+        ))
+    }
+}
+
+fn validate_password(p: &str) -> Result<()> {
+    if p.chars().count() < 8 {
+        return Err(AuthError::Invalid(
+            "passwords need at least 8 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn decode_basic(b64: &str) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    let s = String::from_utf8(raw).ok()?;
+    let (u, p) = s.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+/// Creates the first administrator when no user exists.
+async fn bootstrap_admin(store: &dyn AccessStore, password: Option<&str>) -> Result<()> {
+    if store.user_count().await? > 0 {
+        return Ok(());
+    }
+    let (password, generated) = match password {
+        Some(p) => (p.to_string(), false),
+        None => {
+            use base64::Engine as _;
+            let raw: [u8; 18] = rand::random();
+            (
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw),
+                true,
+            )
+        }
+    };
+    validate_password(&password)?;
+    let hash = password::hash(password.clone()).await?;
+    if store
+        .create_user("admin", Some(&hash), None, true)
+        .await?
+        .is_some()
+    {
+        if generated {
+            // Printed once, on purpose: this is how the operator learns it.
+            tracing::warn!(
+                "created the first administrator: username admin, password {password} \
+                 (set KURA_ADMIN_PASSWORD to choose it; change it after logging in)"
+            );
+        } else {
+            tracing::info!("created the first administrator: username admin");
+        }
+    }
+    Ok(())
+}
