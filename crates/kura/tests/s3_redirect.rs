@@ -17,7 +17,12 @@ async fn blob_gets_redirect_to_presigned_urls_when_enabled() {
     let srv = KuraServer::start_in_with_backends(
         &dir.path().join("d"),
         &backends,
-        &["--s3-redirect-blob-gets", "true", "--s3-redirect-ttl-secs", "60"],
+        &[
+            "--s3-redirect-blob-gets",
+            "true",
+            "--s3-redirect-ttl-secs",
+            "60",
+        ],
         &[],
     );
     let c = reqwest::Client::builder()
