@@ -123,6 +123,8 @@ pub enum AuthError {
     Invalid(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("too many failed logins for this user; retry in {0} s")]
+    Throttled(u64),
     #[error("{0}")]
     Store(#[from] MetadataError),
 }
@@ -159,12 +161,26 @@ const SIGNING_KEY_SETTING: &str = "token_signing_key";
 /// Verified Basic credentials are remembered this long, so a client sending them on every
 /// request does not pay an argon2 hash each time.
 const BASIC_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Failed logins for one username tolerated before it is locked out for a while.
+const FREE_FAILURES: u32 = 5;
+/// Longest lockout; it doubles from 1 s with each failure past [`FREE_FAILURES`].
+const MAX_LOCKOUT: Duration = Duration::from_secs(300);
+
+/// Failed-login bookkeeping for one username (existing or not: the same rules apply to any
+/// name, so throttling tells nothing about which users exist).
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    locked_until: Option<Instant>,
+    last: Instant,
+}
 
 pub struct Auth {
     store: Arc<dyn AccessStore>,
     config: AuthConfig,
     signing_key: Vec<u8>,
     basic_cache: Mutex<HashMap<[u8; 32], (UserRef, Instant)>>,
+    failures: Mutex<HashMap<String, Failures>>,
 }
 
 impl Auth {
@@ -184,6 +200,7 @@ impl Auth {
             config,
             signing_key,
             basic_cache: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
         })
     }
 
@@ -228,6 +245,14 @@ impl Auth {
         {
             return Ok(user.clone());
         }
+        if let Some(f) = self.failures.lock().expect("failures").get(username)
+            && let Some(until) = f.locked_until
+        {
+            let now = Instant::now();
+            if until > now {
+                return Err(AuthError::Throttled((until - now).as_secs().max(1)));
+            }
+        }
         let record = self.store.user_by_name(username).await?;
         let hash = record.as_ref().and_then(|u| u.password_hash.clone());
         let ok = password::verify(password.to_string(), hash).await;
@@ -243,12 +268,45 @@ impl Auth {
                     cache.retain(|_, (_, at)| at.elapsed() < BASIC_CACHE_TTL);
                 }
                 cache.insert(cache_key, (user.clone(), Instant::now()));
+                drop(cache);
+                self.failures.lock().expect("failures").remove(username);
                 Ok(user)
             }
             _ => {
+                self.note_failure(username);
                 tracing::info!(user = username, "failed login");
                 Err(AuthError::BadCredentials)
             }
+        }
+    }
+
+    fn note_failure(&self, username: &str) {
+        let now = Instant::now();
+        let mut map = self.failures.lock().expect("failures");
+        if map.len() > 10_000 {
+            map.retain(|_, f| now.duration_since(f.last) < MAX_LOCKOUT);
+        }
+        let f = map.entry(username.to_string()).or_insert(Failures {
+            count: 0,
+            locked_until: None,
+            last: now,
+        });
+        // A quiet spell as long as the longest lockout forgives earlier failures.
+        if now.duration_since(f.last) > MAX_LOCKOUT {
+            f.count = 0;
+        }
+        f.count += 1;
+        f.last = now;
+        if f.count > FREE_FAILURES {
+            let exp = (f.count - FREE_FAILURES - 1).min(16);
+            let lock = Duration::from_secs(1u64 << exp).min(MAX_LOCKOUT);
+            f.locked_until = Some(now + lock);
+            tracing::warn!(
+                user = username,
+                failures = f.count,
+                lockout_s = lock.as_secs(),
+                "login throttled"
+            );
         }
     }
 

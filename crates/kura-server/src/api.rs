@@ -60,6 +60,11 @@ fn error(e: AuthError) -> Response {
         AuthError::NotFound(m) => api_error(StatusCode::NOT_FOUND, "NOT_FOUND", &m),
         AuthError::Invalid(m) => api_error(StatusCode::BAD_REQUEST, "INVALID", &m),
         AuthError::Conflict(m) => api_error(StatusCode::CONFLICT, "CONFLICT", &m),
+        AuthError::Throttled(_) => api_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOOMANYREQUESTS",
+            &e.to_string(),
+        ),
         AuthError::Store(e) => {
             tracing::error!(error = %e, "management API store error");
             api_error(

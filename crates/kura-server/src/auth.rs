@@ -26,6 +26,9 @@ pub async fn identify(state: &AppState, headers: &HeaderMap) -> Result<Identity,
     match state.auth.authenticate(value).await {
         Ok(id) => Ok(id),
         Err(AuthError::BadCredentials) => Err(challenge(state, headers, None, false)),
+        Err(e @ AuthError::Throttled(_)) => {
+            Err(ApiError::new(ErrorCode::TooManyRequests, e.to_string()))
+        }
         Err(e) => Err(ApiError::from(RegistryError::internal(e))),
     }
 }
@@ -172,6 +175,13 @@ pub async fn token(
                 HeaderValue::from_static("Basic realm=\"kura\""),
             );
             return r;
+        }
+        Err(e @ AuthError::Throttled(_)) => {
+            return api_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
+                &e.to_string(),
+            );
         }
         Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string()),
     };
