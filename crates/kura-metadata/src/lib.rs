@@ -120,6 +120,16 @@ pub trait MetadataStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<String>>;
 
+    /// Repositories with content whose name contains `term`, visible under `filter`, sorted,
+    /// after `last`, at most `limit`.
+    async fn search_repositories(
+        &self,
+        filter: &RepositoryFilter,
+        term: &str,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>>;
+
     // --- blobs ---------------------------------------------------------------------------
     /// The blob if it is linked to the repository.
     async fn repository_blob(&self, repository_id: i64, digest: &str)

@@ -657,6 +657,44 @@ impl MetadataStore for SqlStore {
         })
     }
 
+    async fn search_repositories(
+        &self,
+        filter: &RepositoryFilter,
+        term: &str,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        let (filtered, user_id) = filter_params(filter);
+        // LIKE with the term's own wildcards escaped.
+        let pattern = format!(
+            "%{}%",
+            term.to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        with_read!(self, |p| {
+            Ok(sqlx::query_scalar(
+                "SELECT r.name FROM repositories r WHERE r.name > $1 \
+                 AND r.name LIKE $5 ESCAPE '\\' \
+                 AND (EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id) \
+                   OR EXISTS (SELECT 1 FROM repository_blobs b WHERE b.repository_id = r.id)) \
+                 AND (NOT $3 OR r.project IN (SELECT name FROM projects WHERE public) \
+                   OR r.project IN (SELECT p.name FROM projects p \
+                      JOIN project_members pm ON pm.project_id = p.id \
+                      WHERE pm.user_id = $4 AND pm.role <> 'limited_guest')) \
+                 ORDER BY r.name LIMIT $2",
+            )
+            .bind(last.unwrap_or(""))
+            .bind(i64::from(limit))
+            .bind(filtered)
+            .bind(user_id)
+            .bind(pattern)
+            .fetch_all(p)
+            .await?)
+        })
+    }
+
     async fn repository_blob(
         &self,
         repository_id: i64,
@@ -1331,6 +1369,22 @@ mod tests {
         assert_eq!(
             s.list_repositories(&dev, None, 10).await.unwrap(),
             vec!["c"]
+        );
+        assert_eq!(
+            s.search_repositories(&all, "/B", None, 10).await.unwrap(),
+            vec!["a/b"]
+        );
+        assert!(
+            s.search_repositories(&dev, "a/", None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            s.search_repositories(&all, "%", None, 10)
+                .await
+                .unwrap()
+                .is_empty()
         );
         assert_eq!(s.list_projects(&anon, None, 10).await.unwrap().len(), 1);
         assert_eq!(s.list_projects(&dev, None, 10).await.unwrap().len(), 2);

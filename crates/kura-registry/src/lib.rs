@@ -136,6 +136,21 @@ impl Registry {
         Ok((names, more))
     }
 
+    /// Repositories visible under `filter` whose name contains `term` (one page of `n`).
+    pub async fn search(
+        &self,
+        filter: &RepositoryFilter,
+        term: &str,
+        last: Option<&str>,
+        n: u32,
+    ) -> Result<Vec<String>> {
+        Ok(self
+            .inner
+            .meta
+            .search_repositories(filter, term, last, n)
+            .await?)
+    }
+
     /// Reports whether both backends answer (readiness).
     pub async fn check_backends(&self) -> Vec<(&'static str, &'static str, Result<(), String>)> {
         let meta = self.inner.meta.ping().await.map_err(|e| e.to_string());

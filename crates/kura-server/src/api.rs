@@ -44,6 +44,81 @@ pub fn routes() -> Router<AppState> {
             put(set_member).delete(remove_member),
         )
         .route("/api/v1/settings", get(get_settings).put(put_settings))
+        .route("/v1/search", get(docker_search))
+}
+
+/// `GET /v1/search?q=TERM&n=25&page=1`: what `docker search` expects. Anonymous callers see
+/// public repositories (everything in open mode); credentials widen it as for listings.
+async fn docker_search(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let identity = if state.auth.mode() == AuthMode::Open {
+        Identity::anonymous()
+    } else {
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        state.auth.authenticate(value).await.map_err(error)?
+    };
+    let term = q.get("q").cloned().unwrap_or_default();
+    let page_size: u32 = q
+        .get("n")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(25)
+        .clamp(1, 100);
+    let page: u32 = q
+        .get("page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let filter = state.auth.repository_filter(&identity);
+    // Pages are counted from the start: walk (page - 1) pages of keys, then take one more
+    // entry than a page to know whether another follows.
+    let mut last: Option<String> = None;
+    for _ in 1..page {
+        let skipped = state
+            .registry
+            .search(&filter, &term, last.as_deref(), page_size)
+            .await
+            .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string()))?;
+        match skipped.last() {
+            Some(l) if skipped.len() == page_size as usize => last = Some(l.clone()),
+            _ => {
+                last = None;
+                break;
+            }
+        }
+    }
+    let mut names = state
+        .registry
+        .search(&filter, &term, last.as_deref(), page_size + 1)
+        .await
+        .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string()))?;
+    let more = names.len() > page_size as usize;
+    names.truncate(page_size as usize);
+    let results: Vec<Value> = names
+        .iter()
+        .map(|n| {
+            json!({
+                "name": n,
+                "description": "",
+                "star_count": 0,
+                "is_official": false,
+                "is_automated": false,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "query": term,
+        "num_results": results.len(),
+        "page": page,
+        "page_size": page_size,
+        "num_pages": if more { page + 1 } else { page },
+        "results": results,
+    }))
+    .into_response())
 }
 
 fn error(e: AuthError) -> Response {
