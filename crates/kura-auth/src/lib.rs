@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kura_metadata::{
-    AccessStore, MemberRecord, MetadataError, ProjectRecord, RepositoryFilter, UserRecord,
-    project_of,
+    AccessStore, MemberRecord, MetadataError, ProjectRecord, RepositoryFilter, RobotRecord,
+    UserRecord, now_ms, project_of,
 };
 use sha2::Digest as _;
 
@@ -68,10 +68,21 @@ pub struct UserRef {
     pub admin: bool,
 }
 
+/// A robot account and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RobotRef {
+    pub id: i64,
+    pub name: String,
+    /// (project, repository glob, actions). Empty when authenticated by token: the token's
+    /// grants decide then.
+    pub permissions: Vec<(String, String, Vec<Action>)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
     Anonymous,
     User(UserRef),
+    Robot(RobotRef),
 }
 
 /// Who is asking, and (for bearer tokens) exactly what their token grants.
@@ -93,8 +104,12 @@ impl Identity {
     pub fn user(&self) -> Option<&UserRef> {
         match &self.principal {
             Principal::User(u) => Some(u),
-            Principal::Anonymous => None,
+            Principal::Anonymous | Principal::Robot(_) => None,
         }
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.principal == Principal::Anonymous
     }
 
     pub fn is_admin(&self) -> bool {
@@ -103,9 +118,11 @@ impl Identity {
 
     /// A name for logs and audit.
     pub fn name(&self) -> &str {
-        self.user()
-            .map(|u| u.username.as_str())
-            .unwrap_or("anonymous")
+        match &self.principal {
+            Principal::User(u) => &u.username,
+            Principal::Robot(r) => &r.name,
+            Principal::Anonymous => "anonymous",
+        }
     }
 }
 
@@ -179,7 +196,7 @@ pub struct Auth {
     store: Arc<dyn AccessStore>,
     config: AuthConfig,
     signing_key: Vec<u8>,
-    basic_cache: Mutex<HashMap<[u8; 32], (UserRef, Instant)>>,
+    basic_cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
     failures: Mutex<HashMap<String, Failures>>,
 }
 
@@ -224,9 +241,13 @@ impl Auth {
         let (scheme, rest) = value.split_once(' ').ok_or(AuthError::BadCredentials)?;
         if scheme.eq_ignore_ascii_case("basic") {
             let (user, pass) = decode_basic(rest.trim()).ok_or(AuthError::BadCredentials)?;
-            let user = self.verify_password(&user, &pass).await?;
+            let principal = if user.starts_with(ROBOT_PREFIX) {
+                self.verify_robot(&user, &pass).await?
+            } else {
+                Principal::User(self.verify_password(&user, &pass).await?)
+            };
             Ok(Identity {
-                principal: Principal::User(user),
+                principal,
                 grants: None,
             })
         } else if scheme.eq_ignore_ascii_case("bearer") {
@@ -240,7 +261,8 @@ impl Auth {
     pub async fn verify_password(&self, username: &str, password: &str) -> Result<UserRef> {
         let cache_key: [u8; 32] =
             sha2::Sha256::digest(format!("{username}\0{password}").as_bytes()).into();
-        if let Some((user, at)) = self.basic_cache.lock().expect("cache").get(&cache_key)
+        if let Some((Principal::User(user), at)) =
+            self.basic_cache.lock().expect("cache").get(&cache_key)
             && at.elapsed() < BASIC_CACHE_TTL
         {
             return Ok(user.clone());
@@ -267,7 +289,7 @@ impl Auth {
                 if cache.len() > 10_000 {
                     cache.retain(|_, (_, at)| at.elapsed() < BASIC_CACHE_TTL);
                 }
-                cache.insert(cache_key, (user.clone(), Instant::now()));
+                cache.insert(cache_key, (Principal::User(user.clone()), Instant::now()));
                 drop(cache);
                 self.failures.lock().expect("failures").remove(username);
                 Ok(user)
@@ -275,6 +297,55 @@ impl Auth {
             _ => {
                 self.note_failure(username);
                 tracing::info!(user = username, "failed login");
+                Err(AuthError::BadCredentials)
+            }
+        }
+    }
+
+    /// Checks a robot's secret: enabled, not expired, with its permissions resolved.
+    async fn verify_robot(&self, name: &str, secret: &str) -> Result<Principal> {
+        let cache_key: [u8; 32] =
+            sha2::Sha256::digest(format!("{name}\0{secret}").as_bytes()).into();
+        if let Some((p @ Principal::Robot(_), at)) =
+            self.basic_cache.lock().expect("cache").get(&cache_key)
+            && at.elapsed() < BASIC_CACHE_TTL
+        {
+            return Ok(p.clone());
+        }
+        if let Some(f) = self.failures.lock().expect("failures").get(name)
+            && let Some(until) = f.locked_until
+            && until > Instant::now()
+        {
+            return Err(AuthError::Throttled(
+                (until - Instant::now()).as_secs().max(1),
+            ));
+        }
+        let record = self.store.robot_by_name(name).await?;
+        let hash = record.as_ref().map(|r| r.secret_hash.clone());
+        let ok = password::verify(secret.to_string(), hash).await;
+        match record {
+            Some(r) if ok && !r.disabled && r.expires_at.is_none_or(|t| t > now_ms()) => {
+                let principal = Principal::Robot(RobotRef {
+                    id: r.id,
+                    name: r.name.clone(),
+                    permissions: r
+                        .permissions
+                        .iter()
+                        .map(|p| {
+                            let actions = p.actions.split(',').filter_map(robot_action).collect();
+                            (p.project.clone(), p.repositories.clone(), actions)
+                        })
+                        .collect(),
+                });
+                self.basic_cache
+                    .lock()
+                    .expect("cache")
+                    .insert(cache_key, (principal.clone(), Instant::now()));
+                Ok(principal)
+            }
+            _ => {
+                self.note_failure(name);
+                tracing::info!(robot = name, "failed robot login");
                 Err(AuthError::BadCredentials)
             }
         }
@@ -324,14 +395,50 @@ impl Auth {
             Vec::new()
         };
         if let Some(user) = identity.user()
-            && let Some(role) = self.store.member_role(p.id, user.id).await?
+            && let Some((role, _)) = self.store.membership(p.id, user.id).await?
             && let Some(role) = Role::parse(&role)
         {
-            for (r, acts) in PERMISSIONS {
-                if *r == role {
-                    actions.extend_from_slice(acts);
+            actions.extend(
+                role_actions(role)
+                    .iter()
+                    .filter(|a| !REPOSITORY_ACTIONS.contains(a)),
+            );
+        }
+        actions.sort();
+        actions.dedup();
+        Ok(actions)
+    }
+
+    /// Which actions `identity` has on `repository`: the project-level ones plus those its
+    /// membership or robot permissions grant where their repository glob matches.
+    pub async fn allowed_on(&self, identity: &Identity, repository: &str) -> Result<Vec<Action>> {
+        if self.config.mode == AuthMode::Open || identity.is_admin() {
+            return Ok(Action::ALL.to_vec());
+        }
+        let project = project_of(repository);
+        let path = repository
+            .strip_prefix(project)
+            .map(|r| r.trim_start_matches('/'))
+            .unwrap_or("");
+        let mut actions = self.allowed(identity, project).await?;
+        match &identity.principal {
+            Principal::User(user) => {
+                if let Some(p) = self.store.project(project).await?
+                    && let Some((role, repositories)) = self.store.membership(p.id, user.id).await?
+                    && let Some(role) = Role::parse(&role)
+                    && glob_match(&repositories, path)
+                {
+                    actions.extend_from_slice(role_actions(role));
                 }
             }
+            Principal::Robot(robot) => {
+                for (p, repositories, acts) in &robot.permissions {
+                    if p == project && glob_match(repositories, path) {
+                        actions.extend_from_slice(acts);
+                    }
+                }
+            }
+            Principal::Anonymous => {}
         }
         actions.sort();
         actions.dedup();
@@ -368,19 +475,19 @@ impl Auth {
         {
             return Ok(Err(match identity.principal {
                 Principal::Anonymous => Denial::NeedsAuthentication,
-                Principal::User(_) => Denial::ProjectMissing(project.to_string()),
+                _ => Denial::ProjectMissing(project.to_string()),
             }));
         }
-        let allowed = self.allowed(identity, project).await?;
+        let allowed = self.allowed_on(identity, repository).await?;
         if needed.iter().all(|a| allowed.contains(a)) {
             return Ok(Ok(()));
         }
         Ok(Err(match identity.principal {
             Principal::Anonymous => Denial::NeedsAuthentication,
-            Principal::User(_) if self.store.project(project).await?.is_none() => {
+            _ if self.store.project(project).await?.is_none() => {
                 Denial::ProjectMissing(project.to_string())
             }
-            Principal::User(_) => Denial::Forbidden(format!(
+            _ => Denial::Forbidden(format!(
                 "{} may not {} in project {project}",
                 identity.name(),
                 needed
@@ -413,7 +520,7 @@ impl Auth {
         }
         if let Some(id) = self.store.create_project(project, false).await? {
             self.store
-                .set_member(id, user.id, Role::ProjectAdmin.as_str())
+                .set_member(id, user.id, Role::ProjectAdmin.as_str(), "*")
                 .await?;
             tracing::info!(project, user = %user.username, "project created by push");
         }
@@ -448,7 +555,7 @@ impl Auth {
                     let wants_push = requested.contains(&"push") || requested.contains(&"*");
                     let push_possible =
                         !wants_push || self.project_exists_for_push(identity, project).await?;
-                    let mut allowed = self.allowed(identity, project).await?;
+                    let mut allowed = self.allowed_on(identity, name).await?;
                     if !push_possible {
                         allowed.retain(|a| *a != Action::Push);
                     }
@@ -484,6 +591,7 @@ impl Auth {
 
     /// Which repositories listings may show to `identity`.
     pub fn repository_filter(&self, identity: &Identity) -> RepositoryFilter {
+        // Robots see public repositories in listings; their own access is per repository.
         if self.config.mode == AuthMode::Open || identity.is_admin() {
             RepositoryFilter::All
         } else {
@@ -563,7 +671,7 @@ impl Auth {
             .await?
             .ok_or_else(|| AuthError::Conflict(format!("project {name} already exists")))?;
         self.store
-            .set_member(id, user.id, Role::ProjectAdmin.as_str())
+            .set_member(id, user.id, Role::ProjectAdmin.as_str(), "*")
             .await?;
         self.store
             .project(name)
@@ -642,16 +750,21 @@ impl Auth {
         Ok(self.store.members(p.id).await?)
     }
 
+    /// Adds or changes a member; `repositories` limits the role to matching repositories
+    /// of the project (a glob over the path after `project/`; default `*`).
     pub async fn set_member(
         &self,
         identity: &Identity,
         project: &str,
         username: &str,
         role: &str,
+        repositories: Option<&str>,
     ) -> Result<()> {
         let p = self
             .require(identity, project, Action::ManageMembers)
             .await?;
+        let repositories = repositories.unwrap_or("*");
+        validate_glob(repositories)?;
         let role = Role::parse(role).ok_or_else(|| {
             AuthError::Invalid(format!(
                 "unknown role {role:?} (one of: {})",
@@ -663,7 +776,10 @@ impl Auth {
             .user_by_name(username)
             .await?
             .ok_or_else(|| AuthError::NotFound(format!("user {username} not found")))?;
-        Ok(self.store.set_member(p.id, user.id, role.as_str()).await?)
+        Ok(self
+            .store
+            .set_member(p.id, user.id, role.as_str(), repositories)
+            .await?)
     }
 
     pub async fn remove_member(
@@ -762,7 +878,7 @@ impl Auth {
         self.basic_cache
             .lock()
             .expect("cache")
-            .retain(|_, (u, _)| u.id != target.id);
+            .retain(|_, (p, _)| !matches!(p, Principal::User(u) if u.id == target.id));
         Ok(())
     }
 
@@ -785,7 +901,7 @@ impl Auth {
         self.basic_cache
             .lock()
             .expect("cache")
-            .retain(|_, (u, _)| u.id != target.id);
+            .retain(|_, (p, _)| !matches!(p, Principal::User(u) if u.id == target.id));
         self.store
             .user_by_id(target.id)
             .await?
@@ -806,16 +922,78 @@ impl Auth {
         self.basic_cache
             .lock()
             .expect("cache")
-            .retain(|_, (u, _)| u.id != target.id);
+            .retain(|_, (p, _)| !matches!(p, Principal::User(u) if u.id == target.id));
         Ok(())
     }
 }
 
 fn require_admin(identity: &Identity) -> Result<()> {
-    match identity.user() {
-        None => Err(AuthError::Unauthenticated),
-        Some(u) if u.admin => Ok(()),
-        Some(_) => Err(AuthError::Denied("system administrators only".into())),
+    match &identity.principal {
+        Principal::Anonymous => Err(AuthError::Unauthenticated),
+        Principal::User(u) if u.admin => Ok(()),
+        _ => Err(AuthError::Denied("system administrators only".into())),
+    }
+}
+
+/// Login names of robot accounts start with this.
+pub const ROBOT_PREFIX: &str = "robot$";
+
+/// Actions that apply to repositories (and so are subject to repository globs).
+const REPOSITORY_ACTIONS: [Action; 4] = [Action::Pull, Action::Push, Action::Delete, Action::List];
+
+fn role_actions(role: Role) -> &'static [Action] {
+    PERMISSIONS
+        .iter()
+        .find(|(r, _)| *r == role)
+        .map(|(_, a)| *a)
+        .unwrap_or(&[])
+}
+
+/// Robot permissions are repository actions only.
+fn robot_action(s: &str) -> Option<Action> {
+    match s.trim() {
+        "pull" => Some(Action::Pull),
+        "push" => Some(Action::Push),
+        "delete" => Some(Action::Delete),
+        "list" => Some(Action::List),
+        _ => None,
+    }
+}
+
+/// `*` matches any run of characters (slashes included), `?` one character.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+fn validate_glob(g: &str) -> Result<()> {
+    let ok = !g.is_empty()
+        && g.len() <= 255
+        && g.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/*?".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::Invalid(format!(
+            "invalid repository glob {g:?}: lowercase letters, digits, . _ - / and the wildcards * ?"
+        )))
     }
 }
 
@@ -884,4 +1062,209 @@ async fn bootstrap_admin(store: &dyn AccessStore, password: Option<&str>) -> Res
         }
     }
     Ok(())
+}
+
+/// A robot account to create.
+#[derive(Debug, Clone)]
+pub struct NewRobot {
+    /// Short name; the login name becomes `robot$NAME` (system) or `robot$PROJECT+NAME`.
+    pub name: String,
+    /// `Some`: a project-level robot of this project; `None`: system level.
+    pub project: Option<String>,
+    pub description: String,
+    /// Days until expiry; `None` or a negative number: never.
+    pub duration_days: Option<i64>,
+    /// (project, repository glob, actions)
+    pub permissions: Vec<(String, String, Vec<String>)>,
+}
+
+impl Auth {
+    /// Who may manage `robot`: administrators, and for project robots the project's admins.
+    async fn require_robot_manager(
+        &self,
+        identity: &Identity,
+        project: Option<&str>,
+    ) -> Result<()> {
+        match project {
+            None => require_admin(identity),
+            Some(p) => self
+                .require(identity, p, Action::ManageMembers)
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    /// Creates a robot and returns it with its secret (shown once, stored only as a hash).
+    pub async fn create_robot(
+        &self,
+        identity: &Identity,
+        new: NewRobot,
+    ) -> Result<(RobotRecord, String)> {
+        self.require_robot_manager(identity, new.project.as_deref())
+            .await?;
+        let short_ok = (1..=64).contains(&new.name.len())
+            && new
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if !short_ok {
+            return Err(AuthError::Invalid(
+                "robot names are 1-64 characters of lowercase letters, digits and . _ -".into(),
+            ));
+        }
+        if new.permissions.is_empty() {
+            return Err(AuthError::Invalid(
+                "a robot needs at least one permission".into(),
+            ));
+        }
+        let mut perms = Vec::new();
+        for (project, repositories, actions) in &new.permissions {
+            if let Some(own) = &new.project
+                && project != own
+            {
+                return Err(AuthError::Invalid(format!(
+                    "a robot of project {own} can only hold permissions in {own}"
+                )));
+            }
+            validate_glob(repositories)?;
+            if actions.is_empty() || actions.iter().any(|a| robot_action(a).is_none()) {
+                return Err(AuthError::Invalid(
+                    "robot actions are pull, push, delete and list".into(),
+                ));
+            }
+            // A project admin cannot hand out more than the project allows them anyway; a
+            // system admin can grant anything in any existing project.
+            let p = self
+                .store
+                .project(project)
+                .await?
+                .ok_or_else(|| AuthError::NotFound(format!("project {project} not found")))?;
+            perms.push((p.id, repositories.clone(), actions.join(",")));
+        }
+        let (full_name, owner) = match &new.project {
+            Some(p) => {
+                let id = self.store.project(p).await?.map(|p| p.id);
+                (format!("{ROBOT_PREFIX}{p}+{}", new.name), id)
+            }
+            None => (format!("{ROBOT_PREFIX}{}", new.name), None),
+        };
+        let secret = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>())
+        };
+        let record = RobotRecord {
+            id: 0,
+            name: full_name.clone(),
+            project: new.project.clone(),
+            description: new.description,
+            secret_hash: password::hash(secret.clone()).await?,
+            expires_at: new
+                .duration_days
+                .filter(|d| *d >= 0)
+                .map(|d| now_ms() + d * 86_400_000),
+            disabled: false,
+            created_at: 0,
+            permissions: Vec::new(),
+        };
+        self.store
+            .create_robot(&record, owner, &perms)
+            .await?
+            .ok_or_else(|| AuthError::Conflict(format!("robot {full_name} already exists")))?;
+        let stored = self
+            .store
+            .robot_by_name(&full_name)
+            .await?
+            .ok_or_else(|| AuthError::NotFound(format!("robot {full_name}")))?;
+        Ok((stored, secret))
+    }
+
+    /// A robot `identity` may manage.
+    pub async fn robot(&self, identity: &Identity, name: &str) -> Result<RobotRecord> {
+        let r = self
+            .store
+            .robot_by_name(name)
+            .await?
+            .ok_or_else(|| AuthError::NotFound(format!("robot {name} not found")))?;
+        self.require_robot_manager(identity, r.project.as_deref())
+            .await?;
+        Ok(r)
+    }
+
+    /// Robots of `project`, or (administrators) all robots.
+    pub async fn list_robots(
+        &self,
+        identity: &Identity,
+        project: Option<&str>,
+    ) -> Result<Vec<RobotRecord>> {
+        self.require_robot_manager(identity, project).await?;
+        let id = match project {
+            Some(p) => Some(
+                self.store
+                    .project(p)
+                    .await?
+                    .ok_or_else(|| AuthError::NotFound(format!("project {p} not found")))?
+                    .id,
+            ),
+            None => None,
+        };
+        Ok(self.store.list_robots(id).await?)
+    }
+
+    pub async fn set_robot_disabled(
+        &self,
+        identity: &Identity,
+        name: &str,
+        disabled: bool,
+    ) -> Result<RobotRecord> {
+        let r = self.robot(identity, name).await?;
+        self.store.update_robot(r.id, None, Some(disabled)).await?;
+        self.forget_robot(r.id);
+        self.robot(identity, name).await
+    }
+
+    /// A new secret (the old one stops working at once).
+    pub async fn refresh_robot_secret(&self, identity: &Identity, name: &str) -> Result<String> {
+        let r = self.robot(identity, name).await?;
+        let secret = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>())
+        };
+        let hash = password::hash(secret.clone()).await?;
+        self.store.update_robot(r.id, Some(&hash), None).await?;
+        self.forget_robot(r.id);
+        Ok(secret)
+    }
+
+    pub async fn delete_robot(&self, identity: &Identity, name: &str) -> Result<()> {
+        let r = self.robot(identity, name).await?;
+        self.store.delete_robot(r.id).await?;
+        self.forget_robot(r.id);
+        Ok(())
+    }
+
+    fn forget_robot(&self, id: i64) {
+        self.basic_cache
+            .lock()
+            .expect("cache")
+            .retain(|_, (p, _)| !matches!(p, Principal::Robot(r) if r.id == id));
+    }
+}
+
+#[cfg(test)]
+mod glob_tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*", ""));
+        assert!(glob_match("*", "app/web"));
+        assert!(glob_match("app*", "app"));
+        assert!(glob_match("app*", "app/web"));
+        assert!(!glob_match("app*", "web/app"));
+        assert!(glob_match("*/web", "team/x/web"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "ac"));
+        assert!(glob_match("a*b*c", "aXbYbZc"));
+        assert!(!glob_match("a*b*c", "aXbYbZ"));
+    }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::{AuthError, Identity, Principal, Result, UserRef};
+use crate::{AuthError, Identity, Principal, Result, RobotRef, UserRef};
 
 const ISSUER: &str = "kura";
 
@@ -34,6 +34,9 @@ struct Claims {
     kura_uid: Option<i64>,
     #[serde(default)]
     kura_admin: bool,
+    /// Kura robot id, for tokens issued to robot accounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kura_robot: Option<i64>,
 }
 
 /// The token endpoint's answer (both field names, as clients differ).
@@ -60,9 +63,10 @@ pub fn issue(
     ttl: Duration,
 ) -> TokenResponse {
     let iat = now();
-    let (sub, uid, admin) = match &identity.principal {
-        Principal::User(u) => (u.username.clone(), Some(u.id), u.admin),
-        Principal::Anonymous => (String::new(), None, false),
+    let (sub, uid, admin, robot) = match &identity.principal {
+        Principal::User(u) => (u.username.clone(), Some(u.id), u.admin, None),
+        Principal::Robot(r) => (r.name.clone(), None, false, Some(r.id)),
+        Principal::Anonymous => (String::new(), None, false, None),
     };
     let claims = Claims {
         iss: ISSUER.into(),
@@ -75,6 +79,7 @@ pub fn issue(
         access,
         kura_uid: uid,
         kura_admin: admin,
+        kura_robot: robot,
     };
     let token = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -98,13 +103,19 @@ pub fn verify(key: &[u8], service: &str, token: &str) -> Result<Identity> {
     let data = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(key), &v)
         .map_err(|_| AuthError::BadCredentials)?;
     let c = data.claims;
-    let principal = match c.kura_uid {
-        Some(id) => Principal::User(UserRef {
+    let principal = match (c.kura_uid, c.kura_robot) {
+        (Some(id), _) => Principal::User(UserRef {
             id,
             username: c.sub,
             admin: c.kura_admin,
         }),
-        None => Principal::Anonymous,
+        // A robot's token carries its grants; its permissions are not needed again.
+        (None, Some(id)) => Principal::Robot(RobotRef {
+            id,
+            name: c.sub,
+            permissions: Vec::new(),
+        }),
+        (None, None) => Principal::Anonymous,
     };
     Ok(Identity {
         principal,

@@ -239,12 +239,38 @@ pub struct ProjectRecord {
     pub created_at: i64,
 }
 
-/// A project member and the role name it holds.
+/// A project member, the role name it holds and the repositories (glob) it applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberRecord {
     pub user_id: i64,
     pub username: String,
     pub role: String,
+    pub repositories: String,
+}
+
+/// A robot account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RobotRecord {
+    pub id: i64,
+    /// Full login name (`robot$NAME` or `robot$PROJECT+NAME`).
+    pub name: String,
+    /// Project of a project-level robot; `None` for a system-level robot.
+    pub project: Option<String>,
+    pub description: String,
+    pub secret_hash: String,
+    pub expires_at: Option<i64>,
+    pub disabled: bool,
+    pub created_at: i64,
+    pub permissions: Vec<RobotPermission>,
+}
+
+/// One permission of a robot: actions on the repositories of `project` matching a glob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RobotPermission {
+    pub project: String,
+    pub repositories: String,
+    /// Comma-separated action names.
+    pub actions: String,
 }
 
 /// The pluggable identity backend: users, projects, memberships and settings.
@@ -288,11 +314,37 @@ pub trait AccessStore: Send + Sync + 'static {
     /// Repositories of a project that hold content (a project with any cannot be deleted).
     async fn project_repository_count(&self, name: &str) -> Result<i64>;
 
-    /// Adds a member or changes its role.
-    async fn set_member(&self, project_id: i64, user_id: i64, role: &str) -> Result<()>;
+    /// Adds a member or changes its role and repository glob.
+    async fn set_member(
+        &self,
+        project_id: i64,
+        user_id: i64,
+        role: &str,
+        repositories: &str,
+    ) -> Result<()>;
     async fn remove_member(&self, project_id: i64, user_id: i64) -> Result<bool>;
     async fn members(&self, project_id: i64) -> Result<Vec<MemberRecord>>;
-    async fn member_role(&self, project_id: i64, user_id: i64) -> Result<Option<String>>;
+    /// The member's (role, repository glob), if a member.
+    async fn membership(&self, project_id: i64, user_id: i64) -> Result<Option<(String, String)>>;
+
+    /// Creates a robot with its permissions (project ids and globs); `None` if the name is
+    /// taken or a permission's project is gone.
+    async fn create_robot(
+        &self,
+        robot: &RobotRecord,
+        project_id: Option<i64>,
+        permissions: &[(i64, String, String)],
+    ) -> Result<Option<i64>>;
+    async fn robot_by_name(&self, name: &str) -> Result<Option<RobotRecord>>;
+    /// Robots of one project (`Some`) or all robots (`None`).
+    async fn list_robots(&self, project_id: Option<i64>) -> Result<Vec<RobotRecord>>;
+    async fn update_robot(
+        &self,
+        id: i64,
+        secret_hash: Option<&str>,
+        disabled: Option<bool>,
+    ) -> Result<bool>;
+    async fn delete_robot(&self, id: i64) -> Result<bool>;
 
     async fn setting(&self, key: &str) -> Result<Option<String>>;
     async fn put_setting(&self, key: &str, value: &str) -> Result<()>;

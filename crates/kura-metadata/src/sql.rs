@@ -20,7 +20,8 @@ use sqlx::sqlite::{
 use crate::{
     AccessStore, BlobRecord, DeletedManifest, ManifestRecord, MemberRecord, MetadataError,
     MetadataStore, NewManifest, ProjectRecord, PutManifestOutcome, ReferrerRecord,
-    RepositoryFilter, Result, UploadRecord, UserRecord, now_ms, project_of,
+    RepositoryFilter, Result, RobotPermission, RobotRecord, UploadRecord, UserRecord, now_ms,
+    project_of,
 };
 
 /// Embedded migrations: (version, name, sqlite DDL, postgres DDL). Append only.
@@ -36,6 +37,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "identity",
         include_str!("migrations/sqlite/0002_identity.sql"),
         include_str!("migrations/postgres/0002_identity.sql"),
+    ),
+    (
+        3,
+        "robots",
+        include_str!("migrations/sqlite/0003_robots.sql"),
+        include_str!("migrations/postgres/0003_robots.sql"),
     ),
 ];
 
@@ -447,16 +454,23 @@ impl AccessStore for SqlStore {
         })
     }
 
-    async fn set_member(&self, project_id: i64, user_id: i64, role: &str) -> Result<()> {
+    async fn set_member(
+        &self,
+        project_id: i64,
+        user_id: i64,
+        role: &str,
+        repositories: &str,
+    ) -> Result<()> {
         with_write!(self, |p| {
             sqlx::query(
-                "INSERT INTO project_members (project_id, user_id, role, created_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (project_id, user_id) \
-                 DO UPDATE SET role = excluded.role",
+                "INSERT INTO project_members (project_id, user_id, role, repositories, created_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (project_id, user_id) \
+                 DO UPDATE SET role = excluded.role, repositories = excluded.repositories",
             )
             .bind(project_id)
             .bind(user_id)
             .bind(role)
+            .bind(repositories)
             .bind(now_ms())
             .execute(p)
             .await?;
@@ -477,9 +491,9 @@ impl AccessStore for SqlStore {
     }
 
     async fn members(&self, project_id: i64) -> Result<Vec<MemberRecord>> {
-        let rows: Vec<(i64, String, String)> = with_read!(self, |p| {
+        let rows: Vec<(i64, String, String, String)> = with_read!(self, |p| {
             sqlx::query_as(
-                "SELECT u.id, u.username, pm.role FROM project_members pm \
+                "SELECT u.id, u.username, pm.role, pm.repositories FROM project_members pm \
                  JOIN users u ON u.id = pm.user_id WHERE pm.project_id = $1 \
                  ORDER BY u.username",
             )
@@ -489,23 +503,106 @@ impl AccessStore for SqlStore {
         });
         Ok(rows
             .into_iter()
-            .map(|(user_id, username, role)| MemberRecord {
+            .map(|(user_id, username, role, repositories)| MemberRecord {
                 user_id,
                 username,
                 role,
+                repositories,
             })
             .collect())
     }
 
-    async fn member_role(&self, project_id: i64, user_id: i64) -> Result<Option<String>> {
+    async fn membership(&self, project_id: i64, user_id: i64) -> Result<Option<(String, String)>> {
         with_read!(self, |p| {
-            Ok(sqlx::query_scalar(
-                "SELECT role FROM project_members WHERE project_id = $1 AND user_id = $2",
+            Ok(sqlx::query_as(
+                "SELECT role, repositories FROM project_members \
+                 WHERE project_id = $1 AND user_id = $2",
             )
             .bind(project_id)
             .bind(user_id)
             .fetch_optional(p)
             .await?)
+        })
+    }
+
+    async fn create_robot(
+        &self,
+        robot: &RobotRecord,
+        project_id: Option<i64>,
+        permissions: &[(i64, String, String)],
+    ) -> Result<Option<i64>> {
+        with_write!(self, |p| {
+            let mut tx = p.begin().await?;
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO robots (name, project_id, description, secret_hash, expires_at, \
+                 disabled, created_at) VALUES ($1, $2, $3, $4, $5, FALSE, $6) \
+                 ON CONFLICT (name) DO NOTHING RETURNING id",
+            )
+            .bind(&robot.name)
+            .bind(project_id)
+            .bind(&robot.description)
+            .bind(&robot.secret_hash)
+            .bind(robot.expires_at)
+            .bind(now_ms())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(id) = id else {
+                tx.rollback().await?;
+                return Ok(None);
+            };
+            for (project, repositories, actions) in permissions {
+                sqlx::query(
+                    "INSERT INTO robot_permissions (robot_id, project_id, repositories, actions) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(id)
+                .bind(project)
+                .bind(repositories)
+                .bind(actions)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(Some(id))
+        })
+    }
+
+    async fn robot_by_name(&self, name: &str) -> Result<Option<RobotRecord>> {
+        let mut robots = self.robots_where(Some(name), None).await?;
+        Ok(robots.pop())
+    }
+
+    async fn list_robots(&self, project_id: Option<i64>) -> Result<Vec<RobotRecord>> {
+        self.robots_where(None, project_id).await
+    }
+
+    async fn update_robot(
+        &self,
+        id: i64,
+        secret_hash: Option<&str>,
+        disabled: Option<bool>,
+    ) -> Result<bool> {
+        with_write!(self, |p| {
+            let res = sqlx::query(
+                "UPDATE robots SET secret_hash = COALESCE($2, secret_hash), \
+                 disabled = COALESCE($3, disabled) WHERE id = $1",
+            )
+            .bind(id)
+            .bind(secret_hash)
+            .bind(disabled)
+            .execute(p)
+            .await?;
+            Ok(res.rows_affected() > 0)
+        })
+    }
+
+    async fn delete_robot(&self, id: i64) -> Result<bool> {
+        with_write!(self, |p| {
+            let res = sqlx::query("DELETE FROM robots WHERE id = $1")
+                .bind(id)
+                .execute(p)
+                .await?;
+            Ok(res.rows_affected() > 0)
         })
     }
 
@@ -548,6 +645,72 @@ impl AccessStore for SqlStore {
                     .await?,
             )
         })
+    }
+}
+
+type RobotRow = (
+    i64,
+    String,
+    Option<String>,
+    String,
+    String,
+    Option<i64>,
+    bool,
+    i64,
+);
+
+impl SqlStore {
+    /// Robots by name, or of one project, or all; with their permissions.
+    async fn robots_where(
+        &self,
+        name: Option<&str>,
+        project_id: Option<i64>,
+    ) -> Result<Vec<RobotRecord>> {
+        let rows: Vec<RobotRow> = with_read!(self, |p| {
+            sqlx::query_as(
+                "SELECT r.id, r.name, pr.name, r.description, r.secret_hash, r.expires_at, \
+                 r.disabled, r.created_at FROM robots r \
+                 LEFT JOIN projects pr ON pr.id = r.project_id \
+                 WHERE ($1 IS NULL OR r.name = $1) AND ($2 IS NULL OR r.project_id = $2) \
+                 ORDER BY r.name",
+            )
+            .bind(name)
+            .bind(project_id)
+            .fetch_all(p)
+            .await?
+        });
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let perms: Vec<(String, String, String)> = with_read!(self, |p| {
+                sqlx::query_as(
+                    "SELECT pr.name, rp.repositories, rp.actions FROM robot_permissions rp \
+                     JOIN projects pr ON pr.id = rp.project_id WHERE rp.robot_id = $1 \
+                     ORDER BY pr.name, rp.repositories",
+                )
+                .bind(r.0)
+                .fetch_all(p)
+                .await?
+            });
+            out.push(RobotRecord {
+                id: r.0,
+                name: r.1,
+                project: r.2,
+                description: r.3,
+                secret_hash: r.4,
+                expires_at: r.5,
+                disabled: r.6,
+                created_at: r.7,
+                permissions: perms
+                    .into_iter()
+                    .map(|(project, repositories, actions)| RobotPermission {
+                        project,
+                        repositories,
+                        actions,
+                    })
+                    .collect(),
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -1355,16 +1518,16 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        s.set_member(pa, u, "guest").await.unwrap();
+        s.set_member(pa, u, "guest", "*").await.unwrap();
         let dev = RepositoryFilter::VisibleTo { user_id: Some(u) };
         assert_eq!(
             s.list_repositories(&dev, None, 10).await.unwrap(),
             vec!["a/b", "c"]
         );
-        s.set_member(pa, u, "limited_guest").await.unwrap();
+        s.set_member(pa, u, "limited_guest", "*").await.unwrap();
         assert_eq!(
-            s.member_role(pa, u).await.unwrap().as_deref(),
-            Some("limited_guest")
+            s.membership(pa, u).await.unwrap(),
+            Some(("limited_guest".into(), "*".into()))
         );
         assert_eq!(
             s.list_repositories(&dev, None, 10).await.unwrap(),
@@ -1391,6 +1554,38 @@ mod tests {
         assert_eq!(s.members(pa).await.unwrap()[0].username, "dev");
         assert_eq!(s.project_repository_count("a").await.unwrap(), 1);
         assert!(s.remove_member(pa, u).await.unwrap());
+        let robot = RobotRecord {
+            id: 0,
+            name: "robot$a+ci".into(),
+            project: None,
+            description: "ci".into(),
+            secret_hash: "h".into(),
+            expires_at: Some(5),
+            disabled: false,
+            created_at: 0,
+            permissions: vec![],
+        };
+        let rid = s
+            .create_robot(&robot, Some(pa), &[(pa, "app*".into(), "pull,push".into())])
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(s.create_robot(&robot, None, &[]).await.unwrap().is_none());
+        let got = s.robot_by_name("robot$a+ci").await.unwrap().unwrap();
+        assert_eq!(got.project.as_deref(), Some("a"));
+        assert_eq!(got.permissions[0].repositories, "app*");
+        assert_eq!(got.permissions[0].actions, "pull,push");
+        assert_eq!(s.list_robots(Some(pa)).await.unwrap().len(), 1);
+        assert!(s.update_robot(rid, Some("h2"), Some(true)).await.unwrap());
+        assert!(
+            s.robot_by_name("robot$a+ci")
+                .await
+                .unwrap()
+                .unwrap()
+                .disabled
+        );
+        assert!(s.delete_robot(rid).await.unwrap());
+        assert!(s.list_robots(None).await.unwrap().is_empty());
         assert!(s.update_user(u, None, Some(true), None).await.unwrap());
         assert!(s.user_by_name("dev").await.unwrap().unwrap().is_admin);
         assert_eq!(s.user_count().await.unwrap(), 1);

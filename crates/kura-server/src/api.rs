@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use kura_auth::{AuthError, AuthMode, Identity, rfc3339};
-use kura_metadata::{MemberRecord, ProjectRecord, UserRecord};
+use kura_metadata::{MemberRecord, ProjectRecord, RobotRecord, UserRecord};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -45,6 +45,149 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/v1/settings", get(get_settings).put(put_settings))
         .route("/v1/search", get(docker_search))
+        .route("/api/v1/robots", get(list_robots).post(create_robot))
+        .route(
+            "/api/v1/robots/{name}",
+            get(get_robot).patch(update_robot).delete(delete_robot),
+        )
+        .route(
+            "/api/v1/robots/{name}/refresh",
+            axum::routing::post(refresh_robot),
+        )
+}
+
+// --- robots ------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RobotPermissionIn {
+    project: Option<String>,
+    repositories: Option<String>,
+    actions: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRobotIn {
+    name: String,
+    /// Set for a project-level robot.
+    project: Option<String>,
+    #[serde(default)]
+    description: String,
+    /// Days until the robot expires; absent or -1: never.
+    duration_days: Option<i64>,
+    permissions: Vec<RobotPermissionIn>,
+}
+
+async fn create_robot(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let id = who(&state, &headers).await?;
+    let r: NewRobotIn = json_body(&body)?;
+    let mut permissions = Vec::new();
+    for p in r.permissions {
+        let project = p.project.or_else(|| r.project.clone()).ok_or_else(|| {
+            api_error(
+                StatusCode::BAD_REQUEST,
+                "INVALID",
+                "each permission needs a project",
+            )
+        })?;
+        permissions.push((
+            project,
+            p.repositories.unwrap_or_else(|| "*".into()),
+            p.actions,
+        ));
+    }
+    let (robot, secret) = state
+        .auth
+        .create_robot(
+            &id,
+            kura_auth::NewRobot {
+                name: r.name,
+                project: r.project,
+                description: r.description,
+                duration_days: r.duration_days,
+                permissions,
+            },
+        )
+        .await
+        .map_err(error)?;
+    let mut body = robot_json(&robot);
+    body["secret"] = Value::String(secret);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn list_robots(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let id = who(&state, &headers).await?;
+    let robots = state
+        .auth
+        .list_robots(&id, q.get("project").map(String::as_str))
+        .await
+        .map_err(error)?;
+    Ok(Json(Value::Array(robots.iter().map(robot_json).collect())).into_response())
+}
+
+async fn get_robot(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let id = who(&state, &headers).await?;
+    let r = state.auth.robot(&id, &name).await.map_err(error)?;
+    Ok(Json(robot_json(&r)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RobotPatch {
+    disabled: Option<bool>,
+}
+
+async fn update_robot(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let id = who(&state, &headers).await?;
+    let p: RobotPatch = json_body(&body)?;
+    let r = match p.disabled {
+        Some(d) => state.auth.set_robot_disabled(&id, &name, d).await,
+        None => state.auth.robot(&id, &name).await,
+    }
+    .map_err(error)?;
+    Ok(Json(robot_json(&r)).into_response())
+}
+
+async fn refresh_robot(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let id = who(&state, &headers).await?;
+    let secret = state
+        .auth
+        .refresh_robot_secret(&id, &name)
+        .await
+        .map_err(error)?;
+    Ok(Json(json!({ "name": name, "secret": secret })).into_response())
+}
+
+async fn delete_robot(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let id = who(&state, &headers).await?;
+    state.auth.delete_robot(&id, &name).await.map_err(error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `GET /v1/search?q=TERM&n=25&page=1`: what `docker search` expects. Anonymous callers see
@@ -185,7 +328,24 @@ fn project_json(p: &ProjectRecord) -> Value {
 }
 
 fn member_json(m: &MemberRecord) -> Value {
-    json!({ "username": m.username, "role": m.role })
+    json!({ "username": m.username, "role": m.role, "repositories": m.repositories })
+}
+
+fn robot_json(r: &RobotRecord) -> Value {
+    json!({
+        "name": r.name,
+        "level": if r.project.is_some() { "project" } else { "system" },
+        "project": r.project,
+        "description": r.description,
+        "disabled": r.disabled,
+        "expires_at": r.expires_at.map(time),
+        "created_at": time(r.created_at),
+        "permissions": r.permissions.iter().map(|p| json!({
+            "project": p.project,
+            "repositories": p.repositories,
+            "actions": p.actions.split(',').collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// `n` and `last` of a list request.
@@ -448,6 +608,8 @@ async fn list_members(
 #[serde(deny_unknown_fields)]
 struct Membership {
     role: String,
+    /// Glob over repository paths inside the project the role applies to (default `*`).
+    repositories: Option<String>,
 }
 
 async fn set_member(
@@ -460,10 +622,15 @@ async fn set_member(
     let m: Membership = json_body(&body)?;
     state
         .auth
-        .set_member(&id, &name, &username, &m.role)
+        .set_member(&id, &name, &username, &m.role, m.repositories.as_deref())
         .await
         .map_err(error)?;
-    Ok(Json(json!({ "username": username, "role": m.role })).into_response())
+    Ok(Json(json!({
+        "username": username,
+        "role": m.role,
+        "repositories": m.repositories.as_deref().unwrap_or("*"),
+    }))
+    .into_response())
 }
 
 async fn remove_member(

@@ -12,6 +12,8 @@ pub mod oci_layout;
 
 pub mod api;
 
+pub mod auth;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
