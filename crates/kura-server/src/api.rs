@@ -1,268 +1,253 @@
 //! The management API under `/api/v1` (JSON in, JSON out; errors as
-//! `{"errors":[{"code","message"}]}`). Handlers authenticate, call one `kura_auth::Auth`
-//! operation (which applies the permission table) and shape the answer.
+//! `{"errors":[{"code","message"}]}`) and `GET /v1/search` for `docker search`.
+//!
+//! Handlers authenticate, call one `kura_auth::Auth` operation (which applies the permission
+//! table) and shape the answer. Every route is registered through utoipa's `OpenApiRouter`
+//! together with its `#[utoipa::path]` description, so the OpenAPI document served at
+//! `/api/v1/openapi.json` covers exactly the routes that exist.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
 use axum::{Json, Router};
 use kura_auth::{AuthError, AuthMode, Identity, rfc3339};
 use kura_metadata::{MemberRecord, ProjectRecord, RobotRecord, UserRecord};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::auth::api_error;
 
 type ApiResult = Result<Response, Response>;
 
-/// Page size cap and default of list endpoints.
+/// Page size cap of list endpoints.
 const MAX_PAGE: u32 = 1000;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/users", get(list_users).post(create_user))
-        .route("/api/v1/users/current", get(current_user))
-        .route(
-            "/api/v1/users/{username}",
-            axum::routing::patch(update_user).delete(delete_user),
-        )
-        .route("/api/v1/users/{username}/password", put(change_password))
-        .route("/api/v1/projects", get(list_projects).post(create_project))
-        .route(
-            "/api/v1/projects/{name}",
-            get(get_project)
-                .patch(update_project)
-                .delete(delete_project),
-        )
-        .route("/api/v1/projects/{name}/members", get(list_members))
-        .route(
-            "/api/v1/projects/{name}/members/{username}",
-            put(set_member).delete(remove_member),
-        )
-        .route("/api/v1/settings", get(get_settings).put(put_settings))
-        .route("/v1/search", get(docker_search))
-        .route("/api/v1/robots", get(list_robots).post(create_robot))
-        .route(
-            "/api/v1/robots/{name}",
-            get(get_robot).patch(update_robot).delete(delete_robot),
-        )
-        .route(
-            "/api/v1/robots/{name}/refresh",
-            axum::routing::post(refresh_robot),
-        )
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Kura management API",
+        description = "Users, projects, members, robot accounts and settings of a Kura registry. \
+                       Authenticate with HTTP Basic (user or robot credentials) or with a bearer \
+                       token from GET /token.",
+        version = "1"
+    ),
+    modifiers(&Security),
+    tags(
+        (name = "users"), (name = "projects"), (name = "members"), (name = "robots"),
+        (name = "settings"), (name = "search")
+    )
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "basic",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
 }
 
-// --- robots ------------------------------------------------------------------------------------
+/// The management routes and their OpenAPI document.
+pub fn routes() -> Router<AppState> {
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(current_user))
+        .routes(routes!(update_user, delete_user))
+        .routes(routes!(change_password))
+        .routes(routes!(list_projects, create_project))
+        .routes(routes!(get_project, update_project, delete_project))
+        .routes(routes!(list_members))
+        .routes(routes!(set_member, remove_member))
+        .routes(routes!(list_robots, create_robot))
+        .routes(routes!(get_robot, update_robot, delete_robot))
+        .routes(routes!(refresh_robot))
+        .routes(routes!(get_settings, put_settings))
+        .routes(routes!(docker_search))
+        .split_for_parts();
+    let doc = std::sync::Arc::new(doc);
+    router.route(
+        "/api/v1/openapi.json",
+        axum::routing::get(move || {
+            let doc = doc.clone();
+            async move { Json(doc.as_ref().clone()) }
+        }),
+    )
+}
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RobotPermissionIn {
-    project: Option<String>,
-    repositories: Option<String>,
+// --- wire types --------------------------------------------------------------------------------
+
+/// An error answer.
+#[derive(Serialize, ToSchema)]
+struct ErrorBody {
+    errors: Vec<ErrorItem>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ErrorItem {
+    /// INVALID, UNAUTHORIZED, DENIED, NOT_FOUND, CONFLICT, TOOMANYREQUESTS or UNKNOWN.
+    code: String,
+    message: String,
+}
+
+#[derive(Serialize, ToSchema)]
+struct UserOut {
+    username: String,
+    email: Option<String>,
+    admin: bool,
+    disabled: bool,
+    /// RFC 3339.
+    created_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ProjectOut {
+    name: String,
+    public: bool,
+    created_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+struct MemberOut {
+    username: String,
+    /// project_admin, maintainer, developer, guest or limited_guest.
+    role: String,
+    /// Glob over repository paths inside the project that the role applies to.
+    repositories: String,
+}
+
+#[derive(Serialize, ToSchema)]
+struct RobotPermissionOut {
+    project: String,
+    repositories: String,
     actions: Vec<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewRobotIn {
+#[derive(Serialize, ToSchema)]
+struct RobotOut {
+    /// Login name: robot$NAME (system) or robot$PROJECT+NAME (project).
     name: String,
-    /// Set for a project-level robot.
+    /// system or project.
+    level: String,
     project: Option<String>,
-    #[serde(default)]
     description: String,
-    /// Days until the robot expires; absent or -1: never.
-    duration_days: Option<i64>,
-    permissions: Vec<RobotPermissionIn>,
+    disabled: bool,
+    expires_at: Option<String>,
+    created_at: String,
+    permissions: Vec<RobotPermissionOut>,
 }
 
-async fn create_robot(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> ApiResult {
-    let id = who(&state, &headers).await?;
-    let r: NewRobotIn = json_body(&body)?;
-    let mut permissions = Vec::new();
-    for p in r.permissions {
-        let project = p.project.or_else(|| r.project.clone()).ok_or_else(|| {
-            api_error(
-                StatusCode::BAD_REQUEST,
-                "INVALID",
-                "each permission needs a project",
-            )
-        })?;
-        permissions.push((
-            project,
-            p.repositories.unwrap_or_else(|| "*".into()),
-            p.actions,
-        ));
-    }
-    let (robot, secret) = state
-        .auth
-        .create_robot(
-            &id,
-            kura_auth::NewRobot {
-                name: r.name,
-                project: r.project,
-                description: r.description,
-                duration_days: r.duration_days,
-                permissions,
-            },
-        )
-        .await
-        .map_err(error)?;
-    let mut body = robot_json(&robot);
-    body["secret"] = Value::String(secret);
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+/// A robot with its secret, returned once at creation.
+#[derive(Serialize, ToSchema)]
+struct RobotCreated {
+    #[serde(flatten)]
+    robot: RobotOut,
+    secret: String,
 }
 
-async fn list_robots(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let id = who(&state, &headers).await?;
-    let robots = state
-        .auth
-        .list_robots(&id, q.get("project").map(String::as_str))
-        .await
-        .map_err(error)?;
-    Ok(Json(Value::Array(robots.iter().map(robot_json).collect())).into_response())
+#[derive(Serialize, ToSchema)]
+struct SecretOut {
+    name: String,
+    secret: String,
 }
 
-async fn get_robot(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> ApiResult {
-    let id = who(&state, &headers).await?;
-    let r = state.auth.robot(&id, &name).await.map_err(error)?;
-    Ok(Json(robot_json(&r)).into_response())
+#[derive(Serialize, ToSchema)]
+struct SearchOut {
+    query: String,
+    num_results: usize,
+    page: u32,
+    page_size: u32,
+    num_pages: u32,
+    results: Vec<SearchResult>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RobotPatch {
-    disabled: Option<bool>,
+#[derive(Serialize, ToSchema)]
+struct SearchResult {
+    name: String,
+    description: String,
+    star_count: u32,
+    is_official: bool,
+    is_automated: bool,
 }
 
-async fn update_robot(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-    body: axum::body::Bytes,
-) -> ApiResult {
-    let id = who(&state, &headers).await?;
-    let p: RobotPatch = json_body(&body)?;
-    let r = match p.disabled {
-        Some(d) => state.auth.set_robot_disabled(&id, &name, d).await,
-        None => state.auth.robot(&id, &name).await,
-    }
-    .map_err(error)?;
-    Ok(Json(robot_json(&r)).into_response())
+fn time(ms: i64) -> String {
+    rfc3339((ms.max(0) / 1000) as u64)
 }
 
-async fn refresh_robot(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> ApiResult {
-    let id = who(&state, &headers).await?;
-    let secret = state
-        .auth
-        .refresh_robot_secret(&id, &name)
-        .await
-        .map_err(error)?;
-    Ok(Json(json!({ "name": name, "secret": secret })).into_response())
-}
-
-async fn delete_robot(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> ApiResult {
-    let id = who(&state, &headers).await?;
-    state.auth.delete_robot(&id, &name).await.map_err(error)?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// `GET /v1/search?q=TERM&n=25&page=1`: what `docker search` expects. Anonymous callers see
-/// public repositories (everything in open mode); credentials widen it as for listings.
-async fn docker_search(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let identity = if state.auth.mode() == AuthMode::Open {
-        Identity::anonymous()
-    } else {
-        let value = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        state.auth.authenticate(value).await.map_err(error)?
-    };
-    let term = q.get("q").cloned().unwrap_or_default();
-    let page_size: u32 = q
-        .get("n")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(25)
-        .clamp(1, 100);
-    let page: u32 = q
-        .get("page")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(1)
-        .max(1);
-    let filter = state.auth.repository_filter(&identity);
-    // Pages are counted from the start: walk (page - 1) pages of keys, then take one more
-    // entry than a page to know whether another follows.
-    let mut last: Option<String> = None;
-    for _ in 1..page {
-        let skipped = state
-            .registry
-            .search(&filter, &term, last.as_deref(), page_size)
-            .await
-            .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string()))?;
-        match skipped.last() {
-            Some(l) if skipped.len() == page_size as usize => last = Some(l.clone()),
-            _ => {
-                last = None;
-                break;
-            }
+impl From<&UserRecord> for UserOut {
+    fn from(u: &UserRecord) -> Self {
+        UserOut {
+            username: u.username.clone(),
+            email: u.email.clone(),
+            admin: u.is_admin,
+            disabled: u.disabled,
+            created_at: time(u.created_at),
         }
     }
-    let mut names = state
-        .registry
-        .search(&filter, &term, last.as_deref(), page_size + 1)
-        .await
-        .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string()))?;
-    let more = names.len() > page_size as usize;
-    names.truncate(page_size as usize);
-    let results: Vec<Value> = names
-        .iter()
-        .map(|n| {
-            json!({
-                "name": n,
-                "description": "",
-                "star_count": 0,
-                "is_official": false,
-                "is_automated": false,
-            })
-        })
-        .collect();
-    Ok(Json(json!({
-        "query": term,
-        "num_results": results.len(),
-        "page": page,
-        "page_size": page_size,
-        "num_pages": if more { page + 1 } else { page },
-        "results": results,
-    }))
-    .into_response())
 }
+
+impl From<&ProjectRecord> for ProjectOut {
+    fn from(p: &ProjectRecord) -> Self {
+        ProjectOut {
+            name: p.name.clone(),
+            public: p.public,
+            created_at: time(p.created_at),
+        }
+    }
+}
+
+impl From<&MemberRecord> for MemberOut {
+    fn from(m: &MemberRecord) -> Self {
+        MemberOut {
+            username: m.username.clone(),
+            role: m.role.clone(),
+            repositories: m.repositories.clone(),
+        }
+    }
+}
+
+impl From<&RobotRecord> for RobotOut {
+    fn from(r: &RobotRecord) -> Self {
+        RobotOut {
+            name: r.name.clone(),
+            level: if r.project.is_some() {
+                "project"
+            } else {
+                "system"
+            }
+            .into(),
+            project: r.project.clone(),
+            description: r.description.clone(),
+            disabled: r.disabled,
+            expires_at: r.expires_at.map(time),
+            created_at: time(r.created_at),
+            permissions: r
+                .permissions
+                .iter()
+                .map(|p| RobotPermissionOut {
+                    project: p.project.clone(),
+                    repositories: p.repositories.clone(),
+                    actions: p.actions.split(',').map(str::to_string).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+// --- plumbing ----------------------------------------------------------------------------------
 
 fn error(e: AuthError) -> Response {
     match e {
@@ -309,45 +294,6 @@ async fn who(state: &AppState, headers: &HeaderMap) -> Result<Identity, Response
     state.auth.authenticate(value).await.map_err(error)
 }
 
-fn time(ms: i64) -> String {
-    rfc3339((ms.max(0) / 1000) as u64)
-}
-
-fn user_json(u: &UserRecord) -> Value {
-    json!({
-        "username": u.username,
-        "email": u.email,
-        "admin": u.is_admin,
-        "disabled": u.disabled,
-        "created_at": time(u.created_at),
-    })
-}
-
-fn project_json(p: &ProjectRecord) -> Value {
-    json!({ "name": p.name, "public": p.public, "created_at": time(p.created_at) })
-}
-
-fn member_json(m: &MemberRecord) -> Value {
-    json!({ "username": m.username, "role": m.role, "repositories": m.repositories })
-}
-
-fn robot_json(r: &RobotRecord) -> Value {
-    json!({
-        "name": r.name,
-        "level": if r.project.is_some() { "project" } else { "system" },
-        "project": r.project,
-        "description": r.description,
-        "disabled": r.disabled,
-        "expires_at": r.expires_at.map(time),
-        "created_at": time(r.created_at),
-        "permissions": r.permissions.iter().map(|p| json!({
-            "project": p.project,
-            "repositories": p.repositories,
-            "actions": p.actions.split(',').collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-    })
-}
-
 /// `n` and `last` of a list request.
 fn page(q: &HashMap<String, String>) -> Result<(u32, Option<String>), Response> {
     let n = match q.get("n") {
@@ -365,9 +311,9 @@ fn page(q: &HashMap<String, String>) -> Result<(u32, Option<String>), Response> 
 }
 
 /// A JSON list with a `Link` to the next page when the page is full.
-fn list(path: &str, items: Vec<Value>, n: u32, last_key: Option<String>) -> Response {
+fn list<T: Serialize>(path: &str, items: Vec<T>, n: u32, last_key: Option<String>) -> Response {
     let full = n > 0 && items.len() == n as usize;
-    let mut r = (StatusCode::OK, Json(Value::Array(items))).into_response();
+    let mut r = (StatusCode::OK, Json(items)).into_response();
     if full && let Some(last) = last_key {
         let link = format!("<{path}?n={n}&last={last}>; rel=\"next\"");
         if let Ok(v) = HeaderValue::from_str(&link) {
@@ -389,16 +335,22 @@ fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Response> {
 
 // --- users -------------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUser {
     username: String,
+    /// At least 8 characters.
     password: String,
     email: Option<String>,
     #[serde(default)]
     admin: bool,
 }
 
+/// Create a user (system administrators).
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = NewUser,
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 201, description = "Created", body = UserOut), (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Authentication required", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody), (status = 409, description = "Conflict with the current state", body = ErrorBody)))]
 async fn create_user(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -411,9 +363,15 @@ async fn create_user(
         .create_user(&id, &u.username, &u.password, u.email.as_deref(), u.admin)
         .await
         .map_err(error)?;
-    Ok((StatusCode::CREATED, Json(user_json(&user))).into_response())
+    Ok((StatusCode::CREATED, Json(UserOut::from(&user))).into_response())
 }
 
+/// List users (system administrators), by username; `Link` to the next page.
+#[utoipa::path(get, path = "/api/v1/users", tag = "users",
+    params(("n" = Option<u32>, Query, description = "page size (default 100, at most 1000)"),
+        ("last" = Option<String>, Query, description = "last username of the previous page")),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 200, description = "OK", body = Vec<UserOut>), (status = 401, description = "Authentication required", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody)))]
 async fn list_users(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -429,25 +387,35 @@ async fn list_users(
     let last_key = users.last().map(|u| u.username.clone());
     Ok(list(
         "/api/v1/users",
-        users.iter().map(user_json).collect(),
+        users.iter().map(UserOut::from).collect(),
         n,
         last_key,
     ))
 }
 
+/// The authenticated user.
+#[utoipa::path(get, path = "/api/v1/users/current", tag = "users",
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 200, description = "OK", body = UserOut), (status = 401, description = "Authentication required", body = ErrorBody)))]
 async fn current_user(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
     let id = who(&state, &headers).await?;
     let user = state.auth.current_user(&id).await.map_err(error)?;
-    Ok(Json(user_json(&user)).into_response())
+    Ok(Json(UserOut::from(&user)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UserPatch {
     admin: Option<bool>,
     disabled: Option<bool>,
 }
 
+/// Change a user's administrator or disabled flag (system administrators).
+#[utoipa::path(patch, path = "/api/v1/users/{username}", tag = "users", request_body = UserPatch,
+    params(("username" = String, Path)),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 200, description = "OK", body = UserOut), (status = 401, description = "Authentication required", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 async fn update_user(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -461,16 +429,23 @@ async fn update_user(
         .update_user(&id, &username, p.admin, p.disabled)
         .await
         .map_err(error)?;
-    Ok(Json(user_json(&user)).into_response())
+    Ok(Json(UserOut::from(&user)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PasswordChange {
+    /// Required when changing your own password.
     current_password: Option<String>,
     new_password: String,
 }
 
+/// Change a password: your own (with the current one) or anyone's as administrator.
+#[utoipa::path(put, path = "/api/v1/users/{username}/password", tag = "users", request_body = PasswordChange,
+    params(("username" = String, Path)),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 204, description = "Done, no content"), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Authentication required", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 async fn change_password(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -492,6 +467,12 @@ async fn change_password(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Delete a user (system administrators; not yourself).
+#[utoipa::path(delete, path = "/api/v1/users/{username}", tag = "users",
+    params(("username" = String, Path)),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 204, description = "Done, no content"), (status = 401, description = "Authentication required", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflict with the current state", body = ErrorBody)))]
 async fn delete_user(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -508,14 +489,20 @@ async fn delete_user(
 
 // --- projects ----------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewProject {
+    /// One path component: lowercase letters, digits and . _ -
     name: String,
     #[serde(default)]
     public: bool,
 }
 
+/// Create a project; the creator becomes its project admin.
+#[utoipa::path(post, path = "/api/v1/projects", tag = "projects", request_body = NewProject,
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 201, description = "Created", body = ProjectOut), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Authentication required", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody), (status = 409, description = "Conflict with the current state", body = ErrorBody)))]
 async fn create_project(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -528,9 +515,14 @@ async fn create_project(
         .create_project(&id, &p.name, p.public)
         .await
         .map_err(error)?;
-    Ok((StatusCode::CREATED, Json(project_json(&project))).into_response())
+    Ok((StatusCode::CREATED, Json(ProjectOut::from(&project))).into_response())
 }
 
+/// List the projects you can see (public ones, yours; all for administrators).
+#[utoipa::path(get, path = "/api/v1/projects", tag = "projects",
+    params(("n" = Option<u32>, Query), ("last" = Option<String>, Query)),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 200, description = "OK", body = Vec<ProjectOut>), (status = 401, description = "Authentication required", body = ErrorBody)))]
 async fn list_projects(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -546,12 +538,17 @@ async fn list_projects(
     let last_key = projects.last().map(|p| p.name.clone());
     Ok(list(
         "/api/v1/projects",
-        projects.iter().map(project_json).collect(),
+        projects.iter().map(ProjectOut::from).collect(),
         n,
         last_key,
     ))
 }
 
+/// A project you can see.
+#[utoipa::path(get, path = "/api/v1/projects/{name}", tag = "projects",
+    params(("name" = String, Path)),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 200, description = "OK", body = ProjectOut), (status = 401, description = "Authentication required", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 async fn get_project(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -559,15 +556,21 @@ async fn get_project(
 ) -> ApiResult {
     let id = who(&state, &headers).await?;
     let p = state.auth.project(&id, &name).await.map_err(error)?;
-    Ok(Json(project_json(&p)).into_response())
+    Ok(Json(ProjectOut::from(&p)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ProjectPatch {
     public: Option<bool>,
 }
 
+/// Change a project's visibility (project admins).
+#[utoipa::path(patch, path = "/api/v1/projects/{name}", tag = "projects", request_body = ProjectPatch,
+    params(("name" = String, Path)),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 200, description = "OK", body = ProjectOut), (status = 401, description = "Authentication required", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 async fn update_project(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -581,9 +584,15 @@ async fn update_project(
         None => state.auth.project(&id, &name).await,
     }
     .map_err(error)?;
-    Ok(Json(project_json(&p)).into_response())
+    Ok(Json(ProjectOut::from(&p)).into_response())
 }
 
+/// Delete an empty project (project admins).
+#[utoipa::path(delete, path = "/api/v1/projects/{name}", tag = "projects",
+    params(("name" = String, Path)),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 204, description = "Done, no content"), (status = 401, description = "Authentication required", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflict with the current state", body = ErrorBody)))]
 async fn delete_project(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -594,6 +603,11 @@ async fn delete_project(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// A project's members.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/members", tag = "members",
+    params(("name" = String, Path)),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 200, description = "OK", body = Vec<MemberOut>), (status = 401, description = "Authentication required", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 async fn list_members(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -601,17 +615,24 @@ async fn list_members(
 ) -> ApiResult {
     let id = who(&state, &headers).await?;
     let members = state.auth.members(&id, &name).await.map_err(error)?;
-    Ok(Json(Value::Array(members.iter().map(member_json).collect())).into_response())
+    Ok(Json(members.iter().map(MemberOut::from).collect::<Vec<_>>()).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Membership {
+    /// project_admin, maintainer, developer, guest or limited_guest.
     role: String,
     /// Glob over repository paths inside the project the role applies to (default `*`).
     repositories: Option<String>,
 }
 
+/// Add a member or change its role (project admins).
+#[utoipa::path(put, path = "/api/v1/projects/{name}/members/{username}", tag = "members", request_body = Membership,
+    params(("name" = String, Path), ("username" = String, Path)),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 200, description = "OK", body = MemberOut), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Authentication required", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 async fn set_member(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -625,14 +646,19 @@ async fn set_member(
         .set_member(&id, &name, &username, &m.role, m.repositories.as_deref())
         .await
         .map_err(error)?;
-    Ok(Json(json!({
-        "username": username,
-        "role": m.role,
-        "repositories": m.repositories.as_deref().unwrap_or("*"),
-    }))
+    Ok(Json(MemberOut {
+        username,
+        role: m.role,
+        repositories: m.repositories.unwrap_or_else(|| "*".into()),
+    })
     .into_response())
 }
 
+/// Remove a member (project admins).
+#[utoipa::path(delete, path = "/api/v1/projects/{name}/members/{username}", tag = "members",
+    params(("name" = String, Path), ("username" = String, Path)),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 204, description = "Done, no content"), (status = 401, description = "Authentication required", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 async fn remove_member(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -647,32 +673,297 @@ async fn remove_member(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-// --- settings ----------------------------------------------------------------------------------
+// --- robots ------------------------------------------------------------------------------------
 
-async fn get_settings(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
-    let id = who(&state, &headers).await?;
-    let all = state.auth.settings(&id).await.map_err(error)?;
-    let obj: serde_json::Map<String, Value> = all
-        .into_iter()
-        .map(|(k, v)| (k, Value::String(v)))
-        .collect();
-    Ok(Json(Value::Object(obj)).into_response())
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RobotPermissionIn {
+    /// Defaults to the robot's project for project-level robots.
+    project: Option<String>,
+    /// Glob over repository paths inside the project (default `*`).
+    repositories: Option<String>,
+    /// pull, push, delete, list.
+    actions: Vec<String>,
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewRobotIn {
+    name: String,
+    /// Set for a project-level robot (created by that project's admins).
+    project: Option<String>,
+    #[serde(default)]
+    description: String,
+    /// Days until the robot expires; absent or -1: never.
+    duration_days: Option<i64>,
+    permissions: Vec<RobotPermissionIn>,
+}
+
+/// Create a robot account; its secret is in this answer only.
+#[utoipa::path(post, path = "/api/v1/robots", tag = "robots", request_body = NewRobotIn,
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 201, description = "Created", body = RobotCreated), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Authentication required", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflict with the current state", body = ErrorBody)))]
+async fn create_robot(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let id = who(&state, &headers).await?;
+    let r: NewRobotIn = json_body(&body)?;
+    let mut permissions = Vec::new();
+    for p in r.permissions {
+        let project = p.project.or_else(|| r.project.clone()).ok_or_else(|| {
+            api_error(
+                StatusCode::BAD_REQUEST,
+                "INVALID",
+                "each permission needs a project",
+            )
+        })?;
+        permissions.push((
+            project,
+            p.repositories.unwrap_or_else(|| "*".into()),
+            p.actions,
+        ));
+    }
+    let (robot, secret) = state
+        .auth
+        .create_robot(
+            &id,
+            kura_auth::NewRobot {
+                name: r.name,
+                project: r.project,
+                description: r.description,
+                duration_days: r.duration_days,
+                permissions,
+            },
+        )
+        .await
+        .map_err(error)?;
+    let out = RobotCreated {
+        robot: RobotOut::from(&robot),
+        secret,
+    };
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+/// Robots of a project (its admins), or all robots (administrators).
+#[utoipa::path(get, path = "/api/v1/robots", tag = "robots",
+    params(("project" = Option<String>, Query, description = "only this project's robots")),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 200, description = "OK", body = Vec<RobotOut>), (status = 401, description = "Authentication required", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+async fn list_robots(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let id = who(&state, &headers).await?;
+    let robots = state
+        .auth
+        .list_robots(&id, q.get("project").map(String::as_str))
+        .await
+        .map_err(error)?;
+    Ok(Json(robots.iter().map(RobotOut::from).collect::<Vec<_>>()).into_response())
+}
+
+/// A robot you manage.
+#[utoipa::path(get, path = "/api/v1/robots/{name}", tag = "robots",
+    params(("name" = String, Path, description = "login name, e.g. robot$team+ci")),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 200, description = "OK", body = RobotOut), (status = 401, description = "Authentication required", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+async fn get_robot(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let id = who(&state, &headers).await?;
+    let r = state.auth.robot(&id, &name).await.map_err(error)?;
+    Ok(Json(RobotOut::from(&r)).into_response())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RobotPatch {
+    disabled: Option<bool>,
+}
+
+/// Disable or enable a robot.
+#[utoipa::path(patch, path = "/api/v1/robots/{name}", tag = "robots", request_body = RobotPatch,
+    params(("name" = String, Path)),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 200, description = "OK", body = RobotOut), (status = 401, description = "Authentication required", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+async fn update_robot(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let id = who(&state, &headers).await?;
+    let p: RobotPatch = json_body(&body)?;
+    let r = match p.disabled {
+        Some(d) => state.auth.set_robot_disabled(&id, &name, d).await,
+        None => state.auth.robot(&id, &name).await,
+    }
+    .map_err(error)?;
+    Ok(Json(RobotOut::from(&r)).into_response())
+}
+
+/// Give a robot a new secret (shown once; the old one stops working).
+#[utoipa::path(post, path = "/api/v1/robots/{name}/refresh", tag = "robots",
+    params(("name" = String, Path)),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 200, description = "OK", body = SecretOut), (status = 401, description = "Authentication required", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+async fn refresh_robot(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let id = who(&state, &headers).await?;
+    let secret = state
+        .auth
+        .refresh_robot_secret(&id, &name)
+        .await
+        .map_err(error)?;
+    Ok(Json(SecretOut { name, secret }).into_response())
+}
+
+/// Delete a robot.
+#[utoipa::path(delete, path = "/api/v1/robots/{name}", tag = "robots",
+    params(("name" = String, Path)),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 204, description = "Done, no content"), (status = 401, description = "Authentication required", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+async fn delete_robot(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let id = who(&state, &headers).await?;
+    state.auth.delete_robot(&id, &name).await.map_err(error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// --- settings ----------------------------------------------------------------------------------
+
+/// System settings (administrators): project_creation (everyone | admin_only),
+/// auto_create_projects (true | false).
+#[utoipa::path(get, path = "/api/v1/settings", tag = "settings",
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 200, description = "OK", body = BTreeMap<String, String>), (status = 401, description = "Authentication required", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody)))]
+async fn get_settings(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    let id = who(&state, &headers).await?;
+    let all: BTreeMap<String, String> = state
+        .auth
+        .settings(&id)
+        .await
+        .map_err(error)?
+        .into_iter()
+        .collect();
+    Ok(Json(all).into_response())
+}
+
+/// Change settings (administrators); answers all settings.
+#[utoipa::path(put, path = "/api/v1/settings", tag = "settings", request_body = BTreeMap<String, String>,
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 200, description = "OK", body = BTreeMap<String, String>), (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Authentication required", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 async fn put_settings(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult {
     let id = who(&state, &headers).await?;
-    let changes: HashMap<String, Value> = json_body(&body)?;
+    let changes: HashMap<String, serde_json::Value> = json_body(&body)?;
     for (k, v) in &changes {
         let v = match v {
-            Value::String(s) => s.clone(),
-            Value::Bool(b) => b.to_string(),
+            serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         };
         state.auth.put_setting(&id, k, &v).await.map_err(error)?;
     }
     get_settings(State(state), headers).await
+}
+
+// --- docker search -----------------------------------------------------------------------------
+
+/// `docker search`: repositories whose name contains `q`, among those the caller may see
+/// (anonymous: public ones; everything in open mode).
+#[utoipa::path(get, path = "/v1/search", tag = "search",
+    params(("q" = String, Query), ("n" = Option<u32>, Query, description = "page size, 1-100 (default 25)"),
+        ("page" = Option<u32>, Query, description = "1-based page")),
+    responses((status = 200, description = "OK", body = SearchOut), (status = 401, description = "Authentication required", body = ErrorBody)))]
+async fn docker_search(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let identity = if state.auth.mode() == AuthMode::Open {
+        Identity::anonymous()
+    } else {
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        state.auth.authenticate(value).await.map_err(error)?
+    };
+    let term = q.get("q").cloned().unwrap_or_default();
+    let page_size: u32 = q
+        .get("n")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(25)
+        .clamp(1, 100);
+    let page: u32 = q
+        .get("page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let filter = state.auth.repository_filter(&identity);
+    let internal = |e: kura_registry::RegistryError| {
+        api_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string())
+    };
+    // Pages count from the start: walk (page - 1) pages of keys, then take one more entry
+    // than a page to know whether another follows.
+    let mut last: Option<String> = None;
+    for _ in 1..page {
+        let skipped = state
+            .registry
+            .search(&filter, &term, last.as_deref(), page_size)
+            .await
+            .map_err(internal)?;
+        match skipped.last() {
+            Some(l) if skipped.len() == page_size as usize => last = Some(l.clone()),
+            _ => {
+                last = None;
+                break;
+            }
+        }
+    }
+    let mut names = state
+        .registry
+        .search(&filter, &term, last.as_deref(), page_size + 1)
+        .await
+        .map_err(internal)?;
+    let more = names.len() > page_size as usize;
+    names.truncate(page_size as usize);
+    let results: Vec<SearchResult> = names
+        .into_iter()
+        .map(|name| SearchResult {
+            name,
+            description: String::new(),
+            star_count: 0,
+            is_official: false,
+            is_automated: false,
+        })
+        .collect();
+    Ok(Json(SearchOut {
+        query: term,
+        num_results: results.len(),
+        page,
+        page_size,
+        num_pages: if more { page + 1 } else { page },
+        results,
+    })
+    .into_response())
 }

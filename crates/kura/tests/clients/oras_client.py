@@ -16,6 +16,11 @@ integration tests (crates/kura/tests/clients.rs). Every command prints one JSON 
   oras_client.py --registry HOST:PORT pull --ref REPO:TAG|REPO@DIGEST --outdir DIR
   oras_client.py --registry HOST:PORT manifest --ref REPO:TAG|REPO@DIGEST
   oras_client.py --registry HOST:PORT tags --ref REPO
+
+Credentials (optional, before the command): --username U with the password in the environment
+variable KURA_ORAS_PASSWORD (kept off the command line); --auth-backend token (default: oras-py
+follows the registry's Bearer challenge to its token endpoint, sending the credentials there)
+or basic (HTTP Basic on every registry request).
 """
 
 import argparse
@@ -62,9 +67,19 @@ def check(response, what):
 
 
 def client(args):
-    reg = oras.provider.Registry(hostname=args.registry, insecure=True, tls_verify=False)
+    reg = oras.provider.Registry(
+        hostname=args.registry,
+        insecure=True,
+        tls_verify=False,
+        auth_backend=args.auth_backend,
+    )
     # Talk to the test registry directly, whatever proxy variables the environment has.
     reg.session.trust_env = False
+    if args.username:
+        password = os.environ.get("KURA_ORAS_PASSWORD")
+        if password is None:
+            fail("--username needs the password in KURA_ORAS_PASSWORD")
+        reg.auth.set_basic_auth(args.username, password)
     return reg
 
 
@@ -177,6 +192,8 @@ def cmd_tags(args):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--registry", required=True, help="HOST:PORT of a plain-HTTP registry")
+    p.add_argument("--username", help="log in as this user (password in KURA_ORAS_PASSWORD)")
+    p.add_argument("--auth-backend", choices=["token", "basic"], default="token")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def push_args(sp):
