@@ -92,6 +92,18 @@ pub struct ReferrerRecord {
     pub annotations: Option<String>,
 }
 
+/// A manifest as the management API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactRecord {
+    pub digest: String,
+    pub media_type: String,
+    pub artifact_type: Option<String>,
+    pub size: u64,
+    pub pushed_at: i64,
+    pub last_pulled_at: Option<i64>,
+    pub tags: Vec<String>,
+}
+
 /// What a manifest delete removed.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DeletedManifest {
@@ -125,6 +137,15 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn search_repositories(
         &self,
         filter: &RepositoryFilter,
+        term: &str,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>>;
+
+    /// Repositories of `project` holding content whose name contains `term`, after `last`.
+    async fn project_repositories(
+        &self,
+        project: &str,
         term: &str,
         last: Option<&str>,
         limit: u32,
@@ -198,6 +219,19 @@ pub trait MetadataStore: Send + Sync + 'static {
         last: Option<&str>,
         limit: u32,
     ) -> Result<Vec<String>>;
+    /// Manifests of a repository, newest first (keyset on push time and digest), with tags.
+    async fn list_artifacts(
+        &self,
+        repository_id: i64,
+        before: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<ArtifactRecord>>;
+    /// Records pulls: (repository name, manifest digest, time in epoch ms).
+    async fn record_pulls(&self, pulls: &[(String, String, i64)]) -> Result<()>;
+    /// Removes a repository with its manifests, tags, blob links and upload rows (the upload
+    /// bytes are the caller's to remove first). Returns the removed uploads.
+    async fn delete_repository(&self, repository_id: i64) -> Result<Vec<UploadRecord>>;
+
     /// Manifests in the repository whose subject is `subject`, optionally filtered.
     async fn referrers(
         &self,

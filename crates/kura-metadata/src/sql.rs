@@ -18,8 +18,8 @@ use sqlx::sqlite::{
 };
 
 use crate::{
-    AccessStore, BlobRecord, DeletedManifest, ManifestRecord, MemberRecord, MetadataError,
-    MetadataStore, NewManifest, ProjectRecord, PutManifestOutcome, ReferrerRecord,
+    AccessStore, ArtifactRecord, BlobRecord, DeletedManifest, ManifestRecord, MemberRecord,
+    MetadataError, MetadataStore, NewManifest, ProjectRecord, PutManifestOutcome, ReferrerRecord,
     RepositoryFilter, Result, RobotPermission, RobotRecord, UploadRecord, UserRecord, now_ms,
     project_of,
 };
@@ -43,6 +43,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "robots",
         include_str!("migrations/sqlite/0003_robots.sql"),
         include_str!("migrations/postgres/0003_robots.sql"),
+    ),
+    (
+        4,
+        "pull_times",
+        include_str!("migrations/sqlite/0004_pull_times.sql"),
+        include_str!("migrations/postgres/0004_pull_times.sql"),
     ),
 ];
 
@@ -858,6 +864,37 @@ impl MetadataStore for SqlStore {
         })
     }
 
+    async fn project_repositories(
+        &self,
+        project: &str,
+        term: &str,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        let pattern = format!(
+            "%{}%",
+            term.to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        with_read!(self, |p| {
+            Ok(sqlx::query_scalar(
+                "SELECT r.name FROM repositories r WHERE r.project = $1 AND r.name > $2 \
+                 AND r.name LIKE $4 ESCAPE '\\' \
+                 AND (EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id) \
+                   OR EXISTS (SELECT 1 FROM repository_blobs b WHERE b.repository_id = r.id)) \
+                 ORDER BY r.name LIMIT $3",
+            )
+            .bind(project)
+            .bind(last.unwrap_or(""))
+            .bind(i64::from(limit))
+            .bind(pattern)
+            .fetch_all(p)
+            .await?)
+        })
+    }
+
     async fn repository_blob(
         &self,
         repository_id: i64,
@@ -1249,6 +1286,101 @@ impl MetadataStore for SqlStore {
         })
     }
 
+    async fn list_artifacts(
+        &self,
+        repository_id: i64,
+        before: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<ArtifactRecord>> {
+        type Row = (String, String, Option<String>, i64, i64, Option<i64>);
+        let (bt, bd) = before.unwrap_or((i64::MAX, ""));
+        let rows: Vec<Row> = with_read!(self, |p| {
+            sqlx::query_as(
+                "SELECT digest, media_type, artifact_type, size, created_at, last_pulled_at \
+                 FROM manifests WHERE repository_id = $1 \
+                 AND (created_at < $2 OR (created_at = $2 AND digest > $3)) \
+                 ORDER BY created_at DESC, digest LIMIT $4",
+            )
+            .bind(repository_id)
+            .bind(bt)
+            .bind(bd)
+            .bind(i64::from(limit))
+            .fetch_all(p)
+            .await?
+        });
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let tags: Vec<String> = with_read!(self, |p| {
+                sqlx::query_scalar(
+                    "SELECT name FROM tags WHERE repository_id = $1 AND digest = $2 ORDER BY name",
+                )
+                .bind(repository_id)
+                .bind(&r.0)
+                .fetch_all(p)
+                .await?
+            });
+            out.push(ArtifactRecord {
+                digest: r.0,
+                media_type: r.1,
+                artifact_type: r.2,
+                size: r.3 as u64,
+                pushed_at: r.4,
+                last_pulled_at: r.5,
+                tags,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn record_pulls(&self, pulls: &[(String, String, i64)]) -> Result<()> {
+        if pulls.is_empty() {
+            return Ok(());
+        }
+        with_write!(self, |p| {
+            let mut tx = p.begin().await?;
+            for (repo, digest, at) in pulls {
+                sqlx::query(
+                    "UPDATE manifests SET last_pulled_at = $3 WHERE digest = $2 \
+                     AND repository_id = (SELECT id FROM repositories WHERE name = $1) \
+                     AND (last_pulled_at IS NULL OR last_pulled_at < $3)",
+                )
+                .bind(repo)
+                .bind(digest)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn delete_repository(&self, repository_id: i64) -> Result<Vec<UploadRecord>> {
+        let sql = format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE repository_id = $1");
+        with_write!(self, |p| {
+            let mut tx = p.begin().await?;
+            let uploads: Vec<UploadRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(repository_id)
+                .fetch_all(&mut *tx)
+                .await?;
+            for stmt in [
+                "DELETE FROM tags WHERE repository_id = $1",
+                "DELETE FROM manifest_references WHERE repository_id = $1",
+                "DELETE FROM manifests WHERE repository_id = $1",
+                "DELETE FROM repository_blobs WHERE repository_id = $1",
+                "DELETE FROM uploads WHERE repository_id = $1",
+                "DELETE FROM repositories WHERE id = $1",
+            ] {
+                sqlx::query(stmt)
+                    .bind(repository_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(uploads.into_iter().map(upload_from_row).collect())
+        })
+    }
+
     async fn referrers(
         &self,
         repository_id: i64,
@@ -1476,6 +1608,20 @@ mod tests {
         assert_eq!(
             s.list_tags(repo, Some("_z"), 2).await.unwrap(),
             vec!["a", "b"]
+        );
+        let arts = s.list_artifacts(repo, None, 10).await.unwrap();
+        assert_eq!(arts.len(), 1);
+        assert_eq!(arts[0].tags, vec!["A", "_z", "a", "b", "v1"]);
+        assert_eq!(arts[0].last_pulled_at, None);
+        s.record_pulls(&[("a/b".into(), M1.into(), 42)])
+            .await
+            .unwrap();
+        s.record_pulls(&[("a/b".into(), M1.into(), 7)])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.list_artifacts(repo, None, 10).await.unwrap()[0].last_pulled_at,
+            Some(42)
         );
         assert!(s.delete_tag(repo, "a").await.unwrap());
         assert!(!s.delete_tag(repo, "a").await.unwrap());

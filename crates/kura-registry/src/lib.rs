@@ -13,6 +13,7 @@ mod error;
 mod events;
 mod locks;
 mod manifests;
+mod pulls;
 mod uploads;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use kura_storage::BlobStore;
 pub use error::{RegistryError, Result};
 pub use events::{EventSink, RegistryEvent};
 pub use manifests::{ManifestContent, ManifestPushed, TagPage};
+pub use pulls::PullRecorder;
 pub use uploads::UploadStatus;
 
 /// Behaviour knobs of the distribution API.
@@ -149,6 +151,55 @@ impl Registry {
             .meta
             .search_repositories(filter, term, last, n)
             .await?)
+    }
+
+    /// Repositories of a project (management listings; callers authorize).
+    pub async fn project_repositories(
+        &self,
+        project: &str,
+        term: &str,
+        last: Option<&str>,
+        n: u32,
+    ) -> Result<Vec<String>> {
+        Ok(self
+            .inner
+            .meta
+            .project_repositories(project, term, last, n)
+            .await?)
+    }
+
+    /// Manifests of a repository, newest first, with tags and pull times.
+    pub async fn list_artifacts(
+        &self,
+        repo: &RepositoryName,
+        before: Option<(i64, &str)>,
+        n: u32,
+    ) -> Result<Vec<kura_metadata::ArtifactRecord>> {
+        let Some(rid) = self.repository_id(repo).await? else {
+            return Err(RegistryError::name_unknown(repo));
+        };
+        Ok(self.inner.meta.list_artifacts(rid, before, n).await?)
+    }
+
+    /// Deletes a repository: its manifests, tags, blob links and unfinished uploads. Blob
+    /// bytes stay for garbage collection (other repositories may share them).
+    pub async fn delete_repository(&self, repo: &RepositoryName) -> Result<()> {
+        self.require_delete_enabled()?;
+        let Some(rid) = self.repository_id(repo).await? else {
+            return Err(RegistryError::name_unknown(repo));
+        };
+        let uploads = self.inner.meta.delete_repository(rid).await?;
+        for u in uploads {
+            let at = kura_storage::UploadPosition {
+                size: u.size,
+                backend_state: u.backend_state,
+            };
+            if let Err(e) = self.inner.store.abort_upload(&u.id, &at).await {
+                tracing::warn!(upload = %u.id, error = %e, "could not remove upload data");
+            }
+        }
+        tracing::info!(repository = %repo, "repository deleted");
+        Ok(())
     }
 
     /// Reports whether both backends answer (readiness).

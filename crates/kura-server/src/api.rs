@@ -40,7 +40,7 @@ const MAX_PAGE: u32 = 1000;
     modifiers(&Security),
     tags(
         (name = "users"), (name = "projects"), (name = "members"), (name = "robots"),
-        (name = "settings"), (name = "search")
+                (name = "settings"), (name = "search"), (name = "repositories"), (name = "artifacts")
     )
 )]
 struct ApiDoc;
@@ -77,6 +77,11 @@ pub fn routes() -> Router<AppState> {
         .routes(routes!(refresh_robot))
         .routes(routes!(get_settings, put_settings))
         .routes(routes!(docker_search))
+        .routes(routes!(list_repositories))
+        .routes(routes!(delete_repository))
+        .routes(routes!(list_artifacts))
+        .routes(routes!(delete_artifact))
+        .routes(routes!(delete_artifact_tag))
         .split_for_parts();
     let doc = std::sync::Arc::new(doc);
     router.route(
@@ -966,4 +971,257 @@ async fn docker_search(
         results,
     })
     .into_response())
+}
+
+// --- repositories and artifacts ----------------------------------------------------------------
+
+#[derive(Serialize, ToSchema)]
+struct RepositoryOut {
+    /// Full repository name (`project/path`).
+    name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ArtifactOut {
+    digest: String,
+    media_type: String,
+    artifact_type: Option<String>,
+    size: u64,
+    tags: Vec<String>,
+    pushed_at: String,
+    last_pulled_at: Option<String>,
+}
+
+fn registry_error(e: kura_registry::RegistryError) -> Response {
+    let (status, code) = match e.status {
+        404 => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+        405 => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+        400 => (StatusCode::BAD_REQUEST, "INVALID"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+    };
+    api_error(status, code, &e.message)
+}
+
+/// `project/repository` from the path parts, checked, and the caller's right to `action` on
+/// it (404 when the caller cannot even see the project, so names do not leak).
+async fn repository_access(
+    state: &AppState,
+    identity: &Identity,
+    project: &str,
+    repository: &str,
+    action: kura_auth::Action,
+) -> Result<kura_oci::RepositoryName, Response> {
+    state.auth.project(identity, project).await.map_err(error)?;
+    let full = format!("{project}/{repository}");
+    let name = kura_oci::RepositoryName::parse(&full)
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, "INVALID", &e.to_string()))?;
+    let allowed = state
+        .auth
+        .allowed_on(identity, &full)
+        .await
+        .map_err(error)?;
+    if !allowed.contains(&action) {
+        return Err(api_error(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            &format!("{} may not {} {full}", identity.name(), action.as_str()),
+        ));
+    }
+    Ok(name)
+}
+
+/// Repositories of a project that you may list (names containing `q`).
+#[utoipa::path(get, path = "/api/v1/projects/{name}/repositories", tag = "repositories",
+    params(("name" = String, Path), ("q" = Option<String>, Query), ("n" = Option<u32>, Query),
+        ("last" = Option<String>, Query)),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 200, description = "OK", body = Vec<RepositoryOut>),
+        (status = 401, description = "Authentication required", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody)))]
+async fn list_repositories(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let id = who(&state, &headers).await?;
+    state.auth.project(&id, &name).await.map_err(error)?;
+    let (n, last) = page(&q)?;
+    let term = q.get("q").cloned().unwrap_or_default();
+    let names = state
+        .registry
+        .project_repositories(&name, &term, last.as_deref(), n)
+        .await
+        .map_err(registry_error)?;
+    let last_key = names.last().cloned();
+    let mut visible = Vec::new();
+    for repo in names {
+        let allowed = state.auth.allowed_on(&id, &repo).await.map_err(error)?;
+        if allowed.contains(&kura_auth::Action::List) {
+            visible.push(RepositoryOut { name: repo });
+        }
+    }
+    Ok(list(
+        &format!("/api/v1/projects/{name}/repositories"),
+        visible,
+        n,
+        last_key,
+    ))
+}
+
+/// Delete a repository with all its artifacts and tags (needs delete on it).
+#[utoipa::path(delete, path = "/api/v1/projects/{name}/repositories/{repository}", tag = "repositories",
+    params(("name" = String, Path), ("repository" = String, Path, description = "path inside the project, URL-encoded (app%2Fweb)")),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 204, description = "Deleted"),
+        (status = 401, description = "Authentication required", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody)))]
+async fn delete_repository(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((name, repository)): Path<(String, String)>,
+) -> ApiResult {
+    let id = who(&state, &headers).await?;
+    let repo =
+        repository_access(&state, &id, &name, &repository, kura_auth::Action::Delete).await?;
+    state
+        .registry
+        .delete_repository(&repo)
+        .await
+        .map_err(registry_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Artifacts (manifests) of a repository, newest first, with tags, push and last pull time.
+/// Page with `last` = the previous page's last `<pushed_at ms>.<digest>` (see the Link header).
+#[utoipa::path(get, path = "/api/v1/projects/{name}/repositories/{repository}/artifacts", tag = "artifacts",
+    params(("name" = String, Path), ("repository" = String, Path), ("n" = Option<u32>, Query),
+        ("last" = Option<String>, Query)),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 200, description = "OK", body = Vec<ArtifactOut>),
+        (status = 401, description = "Authentication required", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody)))]
+async fn list_artifacts(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((name, repository)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let id = who(&state, &headers).await?;
+    let repo = repository_access(&state, &id, &name, &repository, kura_auth::Action::List).await?;
+    let (n, last) = page(&q)?;
+    let before = match &last {
+        None => None,
+        Some(l) => {
+            let (t, d) = l
+                .split_once('.')
+                .and_then(|(t, d)| t.parse::<i64>().ok().map(|t| (t, d)))
+                .ok_or_else(|| {
+                    api_error(
+                        StatusCode::BAD_REQUEST,
+                        "INVALID",
+                        "last must be <ms>.<digest>",
+                    )
+                })?;
+            Some((t, d.to_string()))
+        }
+    };
+    let arts = state
+        .registry
+        .list_artifacts(&repo, before.as_ref().map(|(t, d)| (*t, d.as_str())), n)
+        .await
+        .map_err(registry_error)?;
+    let last_key = arts.last().map(|a| format!("{}.{}", a.pushed_at, a.digest));
+    let out: Vec<ArtifactOut> = arts
+        .into_iter()
+        .map(|a| ArtifactOut {
+            digest: a.digest,
+            media_type: a.media_type,
+            artifact_type: a.artifact_type,
+            size: a.size,
+            tags: a.tags,
+            pushed_at: time(a.pushed_at),
+            last_pulled_at: a.last_pulled_at.map(time),
+        })
+        .collect();
+    Ok(list(
+        &format!(
+            "/api/v1/projects/{name}/repositories/{}/artifacts",
+            repository.replace('/', "%2F")
+        ),
+        out,
+        n,
+        last_key,
+    ))
+}
+
+/// Delete an artifact (a manifest by digest) with all its tags.
+#[utoipa::path(delete, path = "/api/v1/projects/{name}/repositories/{repository}/artifacts/{digest}", tag = "artifacts",
+    params(("name" = String, Path), ("repository" = String, Path), ("digest" = String, Path)),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 204, description = "Deleted"),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Authentication required", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody)))]
+async fn delete_artifact(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((name, repository, digest)): Path<(String, String, String)>,
+) -> ApiResult {
+    let id = who(&state, &headers).await?;
+    let repo =
+        repository_access(&state, &id, &name, &repository, kura_auth::Action::Delete).await?;
+    let digest: kura_oci::Digest = digest.parse().map_err(|e: kura_oci::DigestError| {
+        api_error(StatusCode::BAD_REQUEST, "INVALID", &e.to_string())
+    })?;
+    state
+        .registry
+        .delete_manifest(&repo, &kura_oci::Reference::Digest(digest))
+        .await
+        .map_err(registry_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Remove one tag from an artifact (the artifact stays).
+#[utoipa::path(delete, path = "/api/v1/projects/{name}/repositories/{repository}/artifacts/{digest}/tags/{tag}", tag = "artifacts",
+    params(("name" = String, Path), ("repository" = String, Path), ("digest" = String, Path), ("tag" = String, Path)),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 204, description = "Deleted"),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Authentication required", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody)))]
+async fn delete_artifact_tag(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((name, repository, digest, tag)): Path<(String, String, String, String)>,
+) -> ApiResult {
+    let id = who(&state, &headers).await?;
+    let repo =
+        repository_access(&state, &id, &name, &repository, kura_auth::Action::Delete).await?;
+    if !kura_oci::is_valid_tag(&tag) {
+        return Err(api_error(StatusCode::BAD_REQUEST, "INVALID", "invalid tag"));
+    }
+    let reference = kura_oci::Reference::Tag(tag.clone());
+    let current = state
+        .registry
+        .get_manifest(&repo, &reference, false)
+        .await
+        .map_err(registry_error)?;
+    if current.digest != digest {
+        return Err(api_error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            &format!("tag {tag} does not point at {digest}"),
+        ));
+    }
+    state
+        .registry
+        .delete_manifest(&repo, &reference)
+        .await
+        .map_err(registry_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

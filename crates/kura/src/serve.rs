@@ -3,11 +3,12 @@
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kura_auth::{Auth, AuthConfig, AuthMode};
 use kura_metadata::sql::SqlOptions;
 use kura_metadata::{AccessStore, MetadataStore};
-use kura_registry::{Registry, RegistryConfig};
+use kura_registry::{PullRecorder, Registry, RegistryConfig};
 use kura_storage::{BlobStore, Durability, FsBlobStore, S3BlobStore};
 use tracing_subscriber::EnvFilter;
 
@@ -103,6 +104,10 @@ async fn serve(s: Settings) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot set up access control: {e}"))?,
     );
+    let pulls = Arc::new(PullRecorder::default());
+    let pull_flusher = pulls
+        .clone()
+        .spawn_flusher(meta.clone(), Duration::from_secs(5));
     let registry = Registry::new(
         meta,
         store,
@@ -112,7 +117,7 @@ async fn serve(s: Settings) -> Result<(), String> {
             upload_expiry: s.upload_expiry,
             chunk_min_length: s.chunk_min_length,
         },
-        Vec::new(),
+        vec![pulls],
     );
     let expiry = kura_server::spawn_upload_expiry(registry.clone(), s.upload_sweep);
     let app = kura_server::router(kura_server::AppState {
@@ -132,6 +137,7 @@ async fn serve(s: Settings) -> Result<(), String> {
     let _ = std::io::stdout().flush();
     let result = kura_server::serve(listener, app, shutdown_signal()).await;
     expiry.abort();
+    pull_flusher.abort();
     result.map_err(|e| format!("server error: {e}"))
 }
 

@@ -21,6 +21,12 @@ Credentials (optional, before the command): --username U with the password in th
 variable KURA_ORAS_PASSWORD (kept off the command line); --auth-backend token (default: oras-py
 follows the registry's Bearer challenge to its token endpoint, sending the credentials there)
 or basic (HTTP Basic on every registry request).
+
+oras-py 0.2.x's token backend keeps the first token it gets (for a push: the `pull` token of the
+initial blob HEAD) and re-sends it when the registry answers 401 `insufficient_scope`; it only
+fetches a new one after a 403. --push-scope-first makes it start a push with a
+`repository:NAME:pull,push` token (fetched through oras-py's own token request, from the
+registry's challenge), as the Go oras CLI, docker and skopeo do.
 """
 
 import argparse
@@ -80,7 +86,26 @@ def client(args):
         if password is None:
             fail("--username needs the password in KURA_ORAS_PASSWORD")
         reg.auth.set_basic_auth(args.username, password)
+    if getattr(args, "push_scope_first", False) and args.auth_backend == "token":
+        prime_push_token(reg, args)
     return reg
+
+
+def prime_push_token(reg, args):
+    """Gets a pull,push token for the target repository before pushing (see the docstring)."""
+    import oras.auth.utils as auth_utils
+
+    ping = reg.session.get("http://%s/v2/" % args.registry)
+    challenge = ping.headers.get("Www-Authenticate")
+    if ping.status_code != 401 or not challenge:
+        fail("expected a 401 challenge from /v2/", ping)
+    h = auth_utils.parse_auth_header(challenge)
+    repo = args.ref.split("@")[0].rsplit(":", 1)[0] if ":" in args.ref.split("/")[-1] else args.ref
+    h.scope = "repository:%s:pull,push" % repo
+    token = reg.auth.request_token(h)
+    if not token:
+        fail("the token endpoint refused a pull,push token for %s" % repo)
+    reg.auth.token = token
 
 
 def target(args):
@@ -206,6 +231,7 @@ def main():
         sp.add_argument("--annotation", action="append")
         sp.add_argument("--chunked", action="store_true")
         sp.add_argument("--chunk-size", type=int, default=oras.defaults.default_chunksize)
+        sp.add_argument("--push-scope-first", action="store_true")
 
     sp = sub.add_parser("push")
     push_args(sp)
