@@ -11,6 +11,7 @@
 //! [`Auth::authorize`] is the single decision point for registry requests; the management
 //! operations below apply the same table.
 
+pub mod ldap;
 mod password;
 pub mod permissions;
 mod token;
@@ -35,6 +36,9 @@ pub enum AuthMode {
     Open,
     /// Users, projects, roles and tokens from the metadata database.
     Local,
+    /// As `Local`, but users without a local password log in against an LDAP directory,
+    /// whose groups map to administrators and project roles.
+    Ldap,
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +51,8 @@ pub struct AuthConfig {
     /// Password of the first administrator, created when no user exists yet. Without it a
     /// random password is generated and printed once to the log.
     pub admin_password: Option<String>,
+    /// The directory, for `AuthMode::Ldap`.
+    pub ldap: Option<ldap::LdapConfig>,
 }
 
 impl Default for AuthConfig {
@@ -56,6 +62,7 @@ impl Default for AuthConfig {
             token_ttl: Duration::from_secs(300),
             service: "kura".into(),
             admin_password: None,
+            ldap: None,
         }
     }
 }
@@ -205,7 +212,12 @@ impl Auth {
     /// first administrator.
     pub async fn new(store: Arc<dyn AccessStore>, config: AuthConfig) -> Result<Auth> {
         let mut signing_key = Vec::new();
-        if config.mode == AuthMode::Local {
+        if config.mode == AuthMode::Ldap && config.ldap.is_none() {
+            return Err(AuthError::Invalid(
+                "auth.mode = ldap needs an [auth.ldap] section".into(),
+            ));
+        }
+        if config.mode != AuthMode::Open {
             let fresh = hex::encode(rand::random::<[u8; 32]>());
             let stored = store.setting_or_insert(SIGNING_KEY_SETTING, &fresh).await?;
             signing_key = hex::decode(stored)
@@ -257,6 +269,39 @@ impl Auth {
         }
     }
 
+    /// The identity as the database sees it now: a token's user or robot must still exist and
+    /// be enabled, and its administrator flag is read afresh. The management API uses this, so
+    /// a demoted or disabled administrator's unexpired token manages nothing; registry
+    /// requests judge tokens by their grants alone, which expire within the token lifetime.
+    pub async fn current_identity(&self, identity: Identity) -> Result<Identity> {
+        match &identity.principal {
+            Principal::User(u) => {
+                let record = self.store.user_by_id(u.id).await?;
+                match record {
+                    Some(r) if !r.disabled => Ok(Identity {
+                        principal: Principal::User(UserRef {
+                            id: r.id,
+                            username: r.username,
+                            admin: r.is_admin,
+                        }),
+                        grants: identity.grants,
+                    }),
+                    _ => Err(AuthError::BadCredentials),
+                }
+            }
+            Principal::Robot(r) => {
+                let record = self.store.robot_by_name(&r.name).await?;
+                match record {
+                    Some(rec) if !rec.disabled && rec.expires_at.is_none_or(|t| t > now_ms()) => {
+                        Ok(identity)
+                    }
+                    _ => Err(AuthError::BadCredentials),
+                }
+            }
+            Principal::Anonymous => Ok(identity),
+        }
+    }
+
     /// Checks a username and password (constant work whether or not the user exists).
     pub async fn verify_password(&self, username: &str, password: &str) -> Result<UserRef> {
         let cache_key: [u8; 32] =
@@ -277,6 +322,18 @@ impl Auth {
         }
         let record = self.store.user_by_name(username).await?;
         let hash = record.as_ref().and_then(|u| u.password_hash.clone());
+        // Accounts with a local password (the first administrator, say) are checked locally,
+        // so they keep working while the directory is down; the others ask the directory.
+        if hash.is_none()
+            && let (AuthMode::Ldap, Some(cfg)) = (self.config.mode, &self.config.ldap)
+        {
+            let user = self.verify_ldap(cfg, username, password, record).await?;
+            self.basic_cache
+                .lock()
+                .expect("cache")
+                .insert(cache_key, (Principal::User(user.clone()), Instant::now()));
+            return Ok(user);
+        }
         let ok = password::verify(password.to_string(), hash).await;
         match record {
             Some(u) if ok && !u.disabled => {
@@ -300,6 +357,72 @@ impl Auth {
                 Err(AuthError::BadCredentials)
             }
         }
+    }
+
+    /// A directory login: mirror the user locally and apply its groups.
+    async fn verify_ldap(
+        &self,
+        cfg: &ldap::LdapConfig,
+        username: &str,
+        password: &str,
+        record: Option<UserRecord>,
+    ) -> Result<UserRef> {
+        let found = match ldap::authenticate(cfg, username, password).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, user = username, "directory unavailable for login");
+                None
+            }
+        };
+        let Some(du) = found else {
+            self.note_failure(username);
+            tracing::info!(user = username, "failed directory login");
+            return Err(AuthError::BadCredentials);
+        };
+        let admin = cfg
+            .admin_group
+            .as_ref()
+            .is_some_and(|g| du.groups.contains(&g.to_lowercase()));
+        let user = match record {
+            Some(u) if u.disabled => return Err(AuthError::BadCredentials),
+            Some(u) => {
+                if u.is_admin != admin {
+                    self.store
+                        .update_user(u.id, None, Some(admin), None)
+                        .await?;
+                }
+                u
+            }
+            None => {
+                self.store
+                    .create_user(username, None, du.email.as_deref(), admin)
+                    .await?;
+                self.store
+                    .user_by_name(username)
+                    .await?
+                    .ok_or(AuthError::BadCredentials)?
+            }
+        };
+        for (group, project, role) in &cfg.group_roles {
+            let Some(p) = self.store.project(project).await? else {
+                continue;
+            };
+            let current = self.store.membership(p.id, user.id).await?;
+            if du.groups.contains(&group.to_lowercase()) {
+                if current.as_ref().map(|(r, _)| r.as_str()) != Some(role.as_str()) {
+                    self.store.set_member(p.id, user.id, role, "*").await?;
+                }
+            } else if current.is_some_and(|(r, _)| r == *role) {
+                // Left the group: the role it gave goes too (other memberships stay).
+                self.store.remove_member(p.id, user.id).await?;
+            }
+        }
+        self.failures.lock().expect("failures").remove(username);
+        Ok(UserRef {
+            id: user.id,
+            username: user.username,
+            admin,
+        })
     }
 
     /// Checks a robot's secret: enabled, not expired, with its permissions resolved.
@@ -565,6 +688,14 @@ impl Auth {
                         if !acts.is_empty() && acts.iter().all(|a| allowed.contains(a)) {
                             granted.push(r.to_string());
                         }
+                    }
+                    // Docker clients ask for `pull` to list tags too; grant listing explicitly
+                    // so the token says exactly what its holder may do.
+                    if granted.iter().any(|g| g == "pull" || g == "*")
+                        && allowed.contains(&Action::List)
+                        && !granted.iter().any(|g| g == "list")
+                    {
+                        granted.push("list".to_string());
                     }
                     grants.push(Grant {
                         kind: "repository".into(),

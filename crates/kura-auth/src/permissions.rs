@@ -92,6 +92,9 @@ impl Action {
             "pull" => vec![Action::Pull],
             "push" => vec![Action::Push],
             "delete" => vec![Action::Delete],
+            // Not a Docker scope action: tokens carry it next to `pull` when the holder may
+            // also list tags (limited guests may pull without listing).
+            "list" => vec![Action::List],
             "*" => vec![Action::Pull, Action::Push, Action::Delete],
             _ => Vec::new(),
         }

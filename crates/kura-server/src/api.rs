@@ -296,7 +296,8 @@ async fn who(state: &AppState, headers: &HeaderMap) -> Result<Identity, Response
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    state.auth.authenticate(value).await.map_err(error)
+    let identity = state.auth.authenticate(value).await.map_err(error)?;
+    state.auth.current_identity(identity).await.map_err(error)
 }
 
 /// `n` and `last` of a list request.

@@ -129,10 +129,7 @@ pub fn require_identity(
     headers: &HeaderMap,
     identity: &Identity,
 ) -> Result<(), ApiError> {
-    if state.auth.mode() == AuthMode::Local
-        && identity.grants.is_none()
-        && identity.user().is_none()
-    {
+    if state.auth.mode() != AuthMode::Open && identity.grants.is_none() && identity.is_anonymous() {
         return Err(challenge(state, headers, None, false));
     }
     Ok(())

@@ -32,6 +32,47 @@ pub struct AuthSection {
     pub token_ttl_secs: Option<u64>,
     pub realm: Option<String>,
     pub service: Option<String>,
+    pub ldap: Option<LdapSection>,
+}
+
+/// `[auth.ldap]`: the directory for `auth.mode = "ldap"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapSection {
+    pub url: String,
+    #[serde(default)]
+    pub starttls: bool,
+    pub bind_dn: Option<String>,
+    /// Prefer KURA_LDAP_BIND_PASSWORD to writing it in the file.
+    pub bind_password: Option<String>,
+    pub user_base: String,
+    #[serde(default = "default_user_filter")]
+    pub user_filter: String,
+    pub group_base: Option<String>,
+    #[serde(default = "default_group_filter")]
+    pub group_filter: String,
+    pub admin_group: Option<String>,
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub group_roles: Vec<GroupRole>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRole {
+    /// Group DN.
+    pub group: String,
+    pub project: String,
+    pub role: String,
+}
+
+fn default_user_filter() -> String {
+    "(uid={username})".into()
+}
+
+fn default_group_filter() -> String {
+    "(member={dn})".into()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -41,6 +82,8 @@ pub enum AuthModeSetting {
     Open,
     /// Users, projects, roles and token authentication.
     Local,
+    /// As local, with logins checked against an LDAP directory ([auth.ldap]).
+    Ldap,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,8 +215,8 @@ pub struct ServeArgs {
     /// Metadata database URL, sqlite://PATH or postgres://... [default: sqlite://DATA_DIR/kura.db].
     #[arg(long, env = "KURA_METADATA_URL")]
     pub metadata_url: Option<String>,
-    /// Access control: open (no authentication) or local (users, projects, roles)
-    /// [default: open].
+    /// Access control: open (no authentication), local (users, projects, roles) or ldap
+    /// (local, with directory logins; configure [auth.ldap] in the file) [default: open].
     #[arg(long, env = "KURA_AUTH_MODE", value_enum)]
     pub auth_mode: Option<AuthModeSetting>,
     /// Lifetime of issued bearer tokens, seconds [default: 300].
@@ -217,6 +260,7 @@ pub struct Settings {
     pub auth_token_ttl: Duration,
     pub auth_realm: Option<String>,
     pub auth_service: String,
+    pub auth_ldap: Option<LdapSection>,
 }
 
 impl Settings {
@@ -335,6 +379,12 @@ impl Settings {
                     .max(1),
             ),
             auth_realm: args.auth_realm.clone().or(a.realm),
+            auth_ldap: a.ldap.map(|mut l| {
+                if let Ok(pw) = std::env::var("KURA_LDAP_BIND_PASSWORD") {
+                    l.bind_password = Some(pw);
+                }
+                l
+            }),
             auth_service: args
                 .auth_service
                 .clone()

@@ -95,7 +95,25 @@ async fn serve(s: Settings) -> Result<(), String> {
                 mode: match s.auth_mode {
                     AuthModeSetting::Open => AuthMode::Open,
                     AuthModeSetting::Local => AuthMode::Local,
+                    AuthModeSetting::Ldap => AuthMode::Ldap,
                 },
+                ldap: s.auth_ldap.clone().map(|l| kura_auth::ldap::LdapConfig {
+                    url: l.url,
+                    starttls: l.starttls,
+                    bind_dn: l.bind_dn,
+                    bind_password: l.bind_password,
+                    user_base: l.user_base,
+                    user_filter: l.user_filter,
+                    group_base: l.group_base,
+                    group_filter: l.group_filter,
+                    admin_group: l.admin_group,
+                    group_roles: l
+                        .group_roles
+                        .into_iter()
+                        .map(|g| (g.group, g.project, g.role))
+                        .collect(),
+                    timeout: Duration::from_secs(l.timeout_secs.unwrap_or(5).max(1)),
+                }),
                 token_ttl: s.auth_token_ttl,
                 service: s.auth_service.clone(),
                 admin_password: std::env::var("KURA_ADMIN_PASSWORD").ok(),

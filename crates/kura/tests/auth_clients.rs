@@ -92,12 +92,28 @@ impl Run {
         self
     }
 
+    /// The run failed, and because access was refused (not for some unrelated reason).
     fn must_fail(self) -> Run {
         assert!(
             !self.ok,
             "`{}` succeeded but should have been refused\n--- stdout ---\n{}\n--- stderr ---\n{}",
             self.shown,
             String::from_utf8_lossy(&self.stdout),
+            self.stderr
+        );
+        let err = self.stderr.to_lowercase();
+        assert!(
+            [
+                "unauthorized",
+                "denied",
+                "invalid username/password",
+                "refused a pull,push token",
+                "forbidden",
+            ]
+            .iter()
+            .any(|n| err.contains(n)),
+            "`{}` failed, but not with an access refusal:\n{}",
+            self.shown,
             self.stderr
         );
         self

@@ -337,41 +337,54 @@ async fn token_endpoint_grants_only_allowed_actions() {
     assert_eq!(claims["exp"].as_u64().unwrap(), iat + 300, "{claims}");
     assert_eq!(
         claims["access"],
-        json!([{ "type": "repository", "name": "team/app", "actions": ["pull", "push"] }])
+        json!([{ "type": "repository", "name": "team/app", "actions": ["pull", "push", "list"] }])
     );
 
-    // Grants per subject: exactly the requested actions the subject may perform.
+    // Grants per subject: exactly the requested actions the subject may perform, plus `list`
+    // next to `pull` where the subject may also list tags (limited guests may not).
     let all = "repository:team/app:pull,push,delete";
     let cases: Vec<(Cred, &str, Vec<&str>)> = vec![
-        (Cred::admin(), all, vec!["delete", "pull", "push"]),
-        (user("pa"), all, vec!["delete", "pull", "push"]),
-        (user("mt"), all, vec!["delete", "pull", "push"]),
-        (user("dev"), all, vec!["pull", "push"]),
-        (user("gst"), all, vec!["pull"]),
+        (Cred::admin(), all, vec!["delete", "list", "pull", "push"]),
+        (user("pa"), all, vec!["delete", "list", "pull", "push"]),
+        (user("mt"), all, vec!["delete", "list", "pull", "push"]),
+        (user("dev"), all, vec!["list", "pull", "push"]),
+        (user("gst"), all, vec!["list", "pull"]),
         (user("lg"), all, vec!["pull"]),
         (user("outsider"), all, vec![]),
         (Cred::Anonymous, all, vec![]),
-        (user("dev"), "repository:team/app:pull", vec!["pull"]),
+        (
+            user("dev"),
+            "repository:team/app:pull",
+            vec!["list", "pull"],
+        ),
         (user("dev"), "repository:team/app:delete", vec![]),
-        (user("dev"), "repository:team/app:pull,bogus", vec!["pull"]),
+        (
+            user("dev"),
+            "repository:team/app:pull,bogus",
+            vec!["list", "pull"],
+        ),
         (
             Cred::Anonymous,
             "repository:open/app:pull,push,delete",
-            vec!["pull"],
+            vec!["list", "pull"],
         ),
         (
             user("outsider"),
             "repository:open/app:pull,push",
-            vec!["pull"],
+            vec!["list", "pull"],
         ),
-        (user("dev"), "repository:open/app:pull,push", vec!["pull"]),
+        (
+            user("dev"),
+            "repository:open/app:pull,push",
+            vec!["list", "pull"],
+        ),
         (
             Cred::admin(),
             "repository:open/app:pull,push",
-            vec!["pull", "push"],
+            vec!["list", "pull", "push"],
         ),
         // `*` means pull+push+delete: only for those who may do all three.
-        (user("mt"), "repository:team/app:*", vec!["*"]),
+        (user("mt"), "repository:team/app:*", vec!["*", "list"]),
         (user("dev"), "repository:team/app:*", vec![]),
         (user("dev"), "repository:nothere/app:pull,push", vec![]),
     ];
@@ -403,8 +416,8 @@ async fn token_endpoint_grants_only_allowed_actions() {
         assert_eq!(
             jwt_claims(&t)["access"],
             json!([
-                { "type": "repository", "name": "team/a", "actions": ["pull"] },
-                { "type": "repository", "name": "open/b", "actions": ["pull"] },
+                { "type": "repository", "name": "team/a", "actions": ["pull", "list"] },
+                { "type": "repository", "name": "open/b", "actions": ["pull", "list"] },
             ]),
             "{scopes:?}"
         );
@@ -850,7 +863,7 @@ async fn push_into_missing_project_and_auto_create() {
     assert_eq!(
         reg.granted(&user("bob"), "repository:bobnew/app:pull,push")
             .await,
-        vec!["pull", "push"]
+        vec!["list", "pull", "push"]
     );
     let t = Cred::Bearer(
         reg.token(&user("bob"), &["repository:bobnew/app:pull,push"])
@@ -1882,6 +1895,75 @@ async fn disabled_user_cannot_log_in() {
     .await;
     assert_eq!(reg.send(Method::GET, "/v2/", &alice).await.status(), 200);
     reg.token(&alice, &["repository:team/app:pull"]).await;
+}
+
+/// A bearer token is a snapshot of who the user was when it was issued. Registry tokens may
+/// live out their few minutes (the Docker token model), but the management API must not keep
+/// honouring a token's administrator flag after the account was demoted and disabled: that
+/// would let a removed administrator create a new administrator account (a lasting backdoor)
+/// for as long as an old token lives.
+#[tokio::test]
+async fn demoted_and_disabled_admin_token_cannot_manage() {
+    let srv = start_local(&[]);
+    let reg = Reg::new(&srv);
+    let admin = Cred::admin();
+    reg.api_ok(
+        Method::POST,
+        "/api/v1/users",
+        &admin,
+        Some(json!({ "username": "boss", "password": pw("boss"), "admin": true })),
+        201,
+    )
+    .await;
+    let token = Cred::Bearer(reg.token(&user("boss"), &[]).await);
+    reg.api_ok(Method::GET, "/api/v1/users", &token, None, 200)
+        .await;
+
+    let u = reg
+        .api_ok(
+            Method::PATCH,
+            "/api/v1/users/boss",
+            &admin,
+            Some(json!({ "admin": false, "disabled": true })),
+            200,
+        )
+        .await;
+    assert_eq!((&u["admin"], &u["disabled"]), (&json!(false), &json!(true)));
+    // Basic is refused at once...
+    let (status, v) = reg
+        .api(Method::GET, "/api/v1/users/current", &user("boss"), None)
+        .await;
+    assert_error(status, &v, 401, "UNAUTHORIZED", "disabled user, Basic");
+
+    // ... and so must be the old token's administrator powers.
+    let (status, v) = reg
+        .api(
+            Method::POST,
+            "/api/v1/users",
+            &token,
+            Some(json!({ "username": "backdoor", "password": "backdoor-pass", "admin": true })),
+        )
+        .await;
+    let list = reg
+        .api_ok(Method::GET, "/api/v1/users", &admin, None, 200)
+        .await;
+    let created = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|u| u["username"] == "backdoor");
+    assert!(
+        (status == 401 || status == 403) && !created,
+        "a token issued to `boss` while an administrator still created an administrator \
+         after boss was demoted and disabled: POST /api/v1/users answered {status} {v}"
+    );
+    let (status, v) = reg
+        .api(Method::GET, "/api/v1/users/current", &token, None)
+        .await;
+    assert!(
+        status == 401 || status == 403,
+        "a disabled user's token still authenticates the management API: {status} {v}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
