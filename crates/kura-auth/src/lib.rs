@@ -527,6 +527,12 @@ impl Auth {
                     .filter(|a| !REPOSITORY_ACTIONS.contains(a)),
             );
         }
+        // A robot sees the projects it holds permissions in (it manages nothing).
+        if let Principal::Robot(r) = &identity.principal
+            && r.permissions.iter().any(|(proj, _, _)| proj == project)
+        {
+            actions.push(Action::ReadProject);
+        }
         actions.sort();
         actions.dedup();
         Ok(actions)
@@ -783,9 +789,7 @@ impl Auth {
         name: &str,
         public: bool,
     ) -> Result<ProjectRecord> {
-        let Some(user) = identity.user() else {
-            return Err(AuthError::Unauthenticated);
-        };
+        let user = require_user(identity)?;
         if !self.may_create_projects(identity).await? {
             return Err(AuthError::Denied(
                 "only administrators may create projects".into(),
@@ -970,7 +974,7 @@ impl Auth {
     }
 
     pub async fn current_user(&self, identity: &Identity) -> Result<UserRecord> {
-        let user = identity.user().ok_or(AuthError::Unauthenticated)?;
+        let user = require_user(identity)?;
         self.store
             .user_by_id(user.id)
             .await?
@@ -985,7 +989,7 @@ impl Auth {
         current: Option<&str>,
         new: &str,
     ) -> Result<()> {
-        let me = identity.user().ok_or(AuthError::Unauthenticated)?;
+        let me = require_user(identity)?;
         let target = self
             .store
             .user_by_name(username)
@@ -1055,6 +1059,17 @@ impl Auth {
             .expect("cache")
             .retain(|_, (p, _)| !matches!(p, Principal::User(u) if u.id == target.id));
         Ok(())
+    }
+}
+
+/// The logged-in user; robots are authenticated but have no user account (403, not 401).
+fn require_user(identity: &Identity) -> Result<&UserRef> {
+    match &identity.principal {
+        Principal::User(u) => Ok(u),
+        Principal::Robot(_) => Err(AuthError::Denied(
+            "robot accounts cannot do this; use a user account".into(),
+        )),
+        Principal::Anonymous => Err(AuthError::Unauthenticated),
     }
 }
 

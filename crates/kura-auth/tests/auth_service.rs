@@ -89,7 +89,7 @@ async fn pushes_need_an_existing_project_even_for_admins() {
             .unwrap(),
         Ok(())
     );
-    // A token asking for push on a missing project gets pull at most.
+    // A token asking for push on a missing project gets pull (and list) at most.
     let t = auth
         .issue_token(&admin, &["repository:ghost/x:pull,push".to_string()])
         .await
@@ -99,5 +99,8 @@ async fn pushes_need_an_existing_project_even_for_admins() {
         .await
         .unwrap();
     let grants = id.grants.unwrap();
-    assert_eq!(grants[0].actions, vec!["pull".to_string()]);
+    assert_eq!(
+        grants[0].actions,
+        vec!["pull".to_string(), "list".to_string()]
+    );
 }

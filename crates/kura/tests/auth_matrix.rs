@@ -91,6 +91,99 @@ enum Subject {
     NonMember,
     /// The system administrator.
     Admin,
+    /// A project-level robot of the private project `priv`.
+    Robot(RobotKind),
+}
+
+/// The robots of the private project the matrix uses (all created by the system admin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum RobotKind {
+    /// `{repositories: "*", actions: [pull]}`.
+    PullOnly,
+    /// `{repositories: "*", actions: [pull, push, delete, list]}`.
+    AllActions,
+    /// `{repositories: "other*", actions: [pull, push, delete, list]}`: does not match `app`.
+    OtherGlob,
+    /// All actions on `*`, then disabled (`PATCH {"disabled": true}`).
+    Disabled,
+    /// All actions on `*`, created with `duration_days: 0`, so expired as soon as it exists.
+    Expired,
+}
+
+const ROBOT_KINDS: [RobotKind; 5] = [
+    RobotKind::PullOnly,
+    RobotKind::AllActions,
+    RobotKind::OtherGlob,
+    RobotKind::Disabled,
+    RobotKind::Expired,
+];
+
+/// The project every matrix robot belongs to.
+const ROBOT_PROJECT: &str = "priv";
+
+const ROBOT_ACTIONS: [&str; 4] = ["pull", "push", "delete", "list"];
+
+impl RobotKind {
+    fn short(self) -> &'static str {
+        match self {
+            RobotKind::PullOnly => "pull",
+            RobotKind::AllActions => "all",
+            RobotKind::OtherGlob => "other",
+            RobotKind::Disabled => "disabled",
+            RobotKind::Expired => "expired",
+        }
+    }
+
+    fn glob(self) -> &'static str {
+        match self {
+            RobotKind::OtherGlob => "other*",
+            _ => "*",
+        }
+    }
+
+    fn actions(self) -> &'static [&'static str] {
+        match self {
+            RobotKind::PullOnly => &["pull"],
+            _ => &ROBOT_ACTIONS,
+        }
+    }
+
+    /// Whether the robot can log in at all (README: robots "can expire, be disabled").
+    fn usable(self) -> bool {
+        !matches!(self, RobotKind::Disabled | RobotKind::Expired)
+    }
+
+    /// The `POST /api/v1/robots` body creating this robot under `name`.
+    fn create_body(self, name: &str) -> Value {
+        let mut body = json!({
+            "name": name,
+            "project": ROBOT_PROJECT,
+            "permissions": [{ "repositories": self.glob(), "actions": self.actions() }],
+        });
+        if self == RobotKind::Expired {
+            body["duration_days"] = json!(0);
+        }
+        body
+    }
+}
+
+/// A glob over repository paths as README describes them: `*` matches any run of characters
+/// (also `/`), `?` one character.
+fn glob_matches(glob: &str, path: &str) -> bool {
+    fn go(g: &[u8], p: &[u8]) -> bool {
+        match g.split_first() {
+            None => p.is_empty(),
+            Some((b'*', rest)) => (0..=p.len()).any(|i| go(rest, &p[i..])),
+            Some((b'?', rest)) => !p.is_empty() && go(rest, &p[1..]),
+            Some((c, rest)) => p.first() == Some(c) && go(rest, &p[1..]),
+        }
+    }
+    go(glob.as_bytes(), path.as_bytes())
+}
+
+/// `robot$NAME` style login names in a URL path.
+fn encode_path(s: &str) -> String {
+    s.replace('$', "%24").replace('+', "%2B")
 }
 
 impl Subject {
@@ -100,6 +193,7 @@ impl Subject {
             Subject::Member(role) => format!("{role} member"),
             Subject::NonMember => "non-member".into(),
             Subject::Admin => "system admin".into(),
+            Subject::Robot(kind) => format!("robot {:?}", kind),
         }
     }
 
@@ -109,6 +203,7 @@ impl Subject {
             Subject::Member(role) => Some(format!("m-{role}")),
             Subject::NonMember => Some("outsider".into()),
             Subject::Admin => Some(ADMIN.into()),
+            Subject::Robot(_) => None,
         }
     }
 
@@ -116,6 +211,7 @@ impl Subject {
         match self {
             Subject::Anonymous => Cred::Anonymous,
             Subject::Admin => Cred::admin(),
+            Subject::Robot(_) => panic!("robot credentials come from the fixture"),
             _ => {
                 let u = self.username().unwrap();
                 let p = password_of(&u);
@@ -140,9 +236,12 @@ struct Project {
 
 impl Project {
     fn repo(self) -> String {
-        format!("{}/app", self.name)
+        format!("{}/{}", self.name, REPO_PATH)
     }
 }
+
+/// The repository path (inside each project) the `/v2` matrix addresses.
+const REPO_PATH: &str = "app";
 
 /// Private; every `Member(role)` subject holds `role` here.
 const PRIV: Project = Project {
@@ -173,8 +272,18 @@ const SECRET: Project = Project {
 fn may(subject: Subject, project: Project, action: &str) -> bool {
     match subject {
         Subject::Admin => true,
+        // A robot that cannot log in may do nothing at all.
+        Subject::Robot(kind) if !kind.usable() => false,
         _ if project.public && PUBLIC_ACTIONS.contains(&action) => true,
         Subject::Member(role) if project.has_members => role_allows(role, action),
+        // README: a robot holds pull/push/delete/list in its project, limited to the
+        // repositories matching its glob, and may read (not manage) the projects it holds
+        // permissions in.
+        Subject::Robot(kind) => {
+            project.name == ROBOT_PROJECT
+                && (action == "read_project"
+                    || (glob_matches(kind.glob(), REPO_PATH) && kind.actions().contains(&action)))
+        }
         _ => false,
     }
 }
@@ -298,10 +407,18 @@ enum Outcome {
     /// Succeeds with this status.
     Allowed(u16),
     Denied,
+    /// The credentials themselves are refused (a disabled or expired robot): 401 on `/v2`
+    /// with Basic, and 401 from `/token`.
+    Rejected,
 }
 
 /// The expected outcome of a cell, from the rules above.
 fn expected(ep: Endpoint, subject: Subject, target: Project) -> Outcome {
+    if let Subject::Robot(kind) = subject
+        && !kind.usable()
+    {
+        return Outcome::Rejected;
+    }
     if !may(subject, target, ep.needs()) {
         return Outcome::Denied;
     }
@@ -475,6 +592,40 @@ fn expectation_function_spot_checks() {
         expected(DeleteManifestByDigest, Subject::Admin, PRIV),
         Outcome::Allowed(202)
     );
+    let robot = Subject::Robot;
+    assert_eq!(
+        expected(GetManifest, robot(RobotKind::PullOnly), PRIV),
+        Outcome::Allowed(200)
+    );
+    assert_eq!(
+        expected(TagsList, robot(RobotKind::PullOnly), PRIV),
+        Outcome::Denied
+    );
+    assert_eq!(
+        expected(PutManifest, robot(RobotKind::OtherGlob), PRIV),
+        Outcome::Denied
+    );
+    assert_eq!(
+        expected(DeleteBlob, robot(RobotKind::AllActions), PRIV),
+        Outcome::Allowed(202)
+    );
+    assert_eq!(
+        expected(PutManifest, robot(RobotKind::AllActions), PUB),
+        Outcome::Denied
+    );
+    assert_eq!(
+        expected(GetBlob, robot(RobotKind::AllActions), PUB),
+        Outcome::Allowed(200)
+    );
+    assert_eq!(
+        expected(GetManifest, robot(RobotKind::Disabled), PRIV),
+        Outcome::Rejected
+    );
+    assert_eq!(
+        expected(MountFromReadable, robot(RobotKind::AllActions), PRIV),
+        Outcome::Allowed(201)
+    );
+    assert!(glob_matches("other*", "other/x") && !glob_matches("other*", "app"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -485,6 +636,8 @@ struct Fixture {
     reg: Reg,
     /// Per target repository: the base image (tag `base`).
     base: BTreeMap<String, Base>,
+    /// The usable robots: login name and secret.
+    robots: BTreeMap<RobotKind, (String, String)>,
 }
 
 struct Base {
@@ -549,10 +702,73 @@ async fn setup() -> (common::KuraServer, Fixture) {
             },
         );
     }
-    (srv, Fixture { reg, base })
+    let mut fx = Fixture {
+        reg,
+        base,
+        robots: BTreeMap::new(),
+    };
+    for kind in ROBOT_KINDS.into_iter().filter(|k| k.usable()) {
+        let cred = fx.create_robot(kind, kind.short()).await;
+        fx.robots.insert(kind, cred);
+    }
+    (srv, fx)
 }
 
 impl Fixture {
+    /// Creates a robot of `kind` named `name` in the robot project (as admin, then disabling
+    /// it for `Disabled`); returns its login name and secret.
+    async fn create_robot(&self, kind: RobotKind, name: &str) -> (String, String) {
+        let v = self
+            .reg
+            .api_ok(
+                Method::POST,
+                "/api/v1/robots",
+                &Cred::admin(),
+                Some(kind.create_body(name)),
+                201,
+            )
+            .await;
+        let login = v["name"]
+            .as_str()
+            .unwrap_or_else(|| panic!("robot answer without name: {v}"))
+            .to_string();
+        assert_eq!(login, format!("robot${ROBOT_PROJECT}+{name}"), "{v}");
+        let secret = v["secret"]
+            .as_str()
+            .unwrap_or_else(|| panic!("robot answer without secret: {v}"))
+            .to_string();
+        if kind == RobotKind::Disabled {
+            self.reg
+                .api_ok(
+                    Method::PATCH,
+                    &format!("/api/v1/robots/{}", encode_path(&login)),
+                    &Cred::admin(),
+                    Some(json!({ "disabled": true })),
+                    200,
+                )
+                .await;
+        }
+        (login, secret)
+    }
+
+    /// HTTP Basic credentials of `subject`. Robots that cannot log in are created afresh for
+    /// each cell `n`: every refused login counts towards the per-name lockout (429).
+    async fn basic(&self, subject: Subject, n: usize) -> Cred {
+        match subject {
+            Subject::Robot(kind) if kind.usable() => {
+                let (login, secret) = &self.robots[&kind];
+                Cred::basic(login, secret)
+            }
+            Subject::Robot(kind) => {
+                let (login, secret) = self
+                    .create_robot(kind, &format!("{}-{n}", kind.short()))
+                    .await;
+                Cred::basic(&login, &secret)
+            }
+            other => other.basic(),
+        }
+    }
+
     /// Prepares cell number `n` of `ep` against `repo` (fresh state where the cell mutates).
     async fn prepare(&self, ep: Endpoint, repo: &str, n: usize) -> Prepared {
         let admin = Cred::admin();
@@ -771,8 +987,39 @@ async fn run_cell(
     let want = expected(ep, subject, target);
     let prepared = fx.prepare(ep, &repo, n).await;
     let scope_acts = scope_actions(ep.needs());
+    let basic = fx.basic(subject, n).await;
+    if want == Outcome::Rejected && mode == Mode::Token {
+        // The token endpoint itself must refuse the credentials.
+        let resp = fx
+            .reg
+            .token_response(&basic, &[&format!("repository:{repo}:{scope_acts}")])
+            .await;
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        let mut problems = Vec::new();
+        if status != 401 {
+            problems.push(format!(
+                "GET /token should answer 401, got {status}: {}",
+                body.chars().take(300).collect::<String>()
+            ));
+        }
+        if let Err(e) = fx.verify((prepared.check)(false)).await {
+            problems.push(e);
+        }
+        return if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "[{mode:?}] {} on {} ({}): {}",
+                subject.name(),
+                repo,
+                ep.label(),
+                problems.join("; ")
+            ))
+        };
+    }
     let cred = match mode {
-        Mode::Basic => subject.basic(),
+        Mode::Basic => basic.clone(),
         Mode::Token => {
             let target_scope = format!("repository:{repo}:{scope_acts}");
             let mut scopes = vec![target_scope];
@@ -780,7 +1027,7 @@ async fn run_cell(
                 scopes.push(format!("repository:{}:pull", src.repo()));
             }
             let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
-            Cred::Bearer(fx.reg.token(&subject.basic(), &scopes).await)
+            Cred::Bearer(fx.reg.token(&basic, &scopes).await)
         }
     };
     let mut rb = fx
@@ -813,6 +1060,19 @@ async fn run_cell(
         Outcome::Allowed(code) => {
             if status != code {
                 problems.push(format!("expected {code} (allowed)"));
+            }
+        }
+        Outcome::Rejected => {
+            if status != 401 {
+                problems.push("expected 401 (credentials refused)".into());
+            } else {
+                if !ep.is_head() && error_code().as_deref() != Some("UNAUTHORIZED") {
+                    problems.push("expected error code UNAUTHORIZED".into());
+                }
+                match challenge.as_deref().map(parse_challenge) {
+                    Some((scheme, _)) if scheme == "Bearer" => {}
+                    _ => problems.push("401 without a Bearer challenge".into()),
+                }
             }
         }
         Outcome::Denied => {
@@ -870,7 +1130,7 @@ async fn run_cell(
             ep,
             Endpoint::MountFromReadable | Endpoint::MountFromUnreadable
         ),
-        Outcome::Denied => false,
+        Outcome::Denied | Outcome::Rejected => false,
     };
     if let Err(e) = fx.verify((prepared.check)(mutated)).await {
         problems.push(e);
@@ -898,17 +1158,30 @@ async fn authorization_matrix() {
     priv_subjects.extend(ROLE_TABLE.iter().map(|(r, _)| Subject::Member(r)));
     priv_subjects.push(Subject::NonMember);
     priv_subjects.push(Subject::Admin);
+    priv_subjects.extend(ROBOT_KINDS.map(Subject::Robot));
     subjects_by_target.push((PRIV, priv_subjects));
-    subjects_by_target.push((PUB, vec![Subject::Anonymous, Subject::NonMember]));
+    subjects_by_target.push((
+        PUB,
+        vec![
+            Subject::Anonymous,
+            Subject::NonMember,
+            // A robot of another project: only what anyone may do in a public project.
+            Subject::Robot(RobotKind::AllActions),
+        ],
+    ));
 
     let mut checked = 0usize;
     let mut allowed = 0usize;
+    let mut robot_cells = 0usize;
     let mut mismatches: Vec<String> = Vec::new();
     for (target, subjects) in &subjects_by_target {
         for subject in subjects {
             for ep in ENDPOINTS {
                 for mode in [Mode::Basic, Mode::Token] {
                     checked += 1;
+                    if matches!(subject, Subject::Robot(_)) {
+                        robot_cells += 1;
+                    }
                     if matches!(expected(ep, *subject, *target), Outcome::Allowed(_)) {
                         allowed += 1;
                     }
@@ -921,7 +1194,7 @@ async fn authorization_matrix() {
     }
     eprintln!(
         "authorization matrix: {checked} cells checked ({} endpoints × {} subject/project \
-         pairs × 2 ways to authenticate; {allowed} allowed, {} denied), {} mismatches",
+         pairs × 2 ways to authenticate; {allowed} allowed, {} denied or refused), {} mismatches",
         ENDPOINTS.len(),
         subjects_by_target
             .iter()
@@ -930,9 +1203,571 @@ async fn authorization_matrix() {
         checked - allowed,
         mismatches.len()
     );
+    eprintln!("authorization matrix: {robot_cells} of the {checked} cells have a robot subject");
     assert!(
         mismatches.is_empty(),
         "{} of {checked} cells differ from the documented rules:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The management API: every route of `crates/kura-server/src/api.rs` × every kind of subject
+// ---------------------------------------------------------------------------------------------
+//
+// The rules (README "Access control" and the routes' documentation):
+// * users, settings, system robots, listing all robots: system administrators only;
+// * `/users/current`, creating a project (`project_creation = everyone`, the default) and
+//   changing one's own password: any logged-in *user*; robots are not users;
+// * a project (and everything under it) is visible with `read_project`; where it is not,
+//   project routes answer 404 — to anonymous callers too — so names do not leak;
+// * project PATCH/DELETE need `manage_project`, members PUT/DELETE `manage_members`, members
+//   GET `read_project`; project robots are managed by that project's admins (`manage_members`);
+// * listing repositories shows those the caller may `list` (200 for whoever sees the project
+//   or may list in it); artifacts GET needs `list` on the repository, deleting a repository,
+//   an artifact or a tag needs `delete` on it;
+// * `/v1/search` and `/api/v1/openapi.json` answer everyone.
+// Denials: 401 for anonymous callers, 403 for authenticated ones, 404 where existence is
+// hidden. Only HTTP Basic is used here.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ApiRoute {
+    ListUsers,
+    CreateUser,
+    CurrentUser,
+    PatchUser,
+    ChangeOwnPassword,
+    ChangeOtherPassword,
+    DeleteUser,
+    ListProjects,
+    CreateProject,
+    GetProject,
+    PatchProject,
+    DeleteProject,
+    ListMembers,
+    SetMember,
+    RemoveMember,
+    CreateProjectRobot,
+    CreateSystemRobot,
+    ListAllRobots,
+    ListProjectRobots,
+    GetProjectRobot,
+    PatchProjectRobot,
+    RefreshProjectRobot,
+    DeleteProjectRobot,
+    GetSystemRobot,
+    PatchSystemRobot,
+    RefreshSystemRobot,
+    DeleteSystemRobot,
+    GetSettings,
+    PutSettings,
+    Search,
+    OpenApi,
+    ListRepositories,
+    DeleteRepository,
+    ListArtifacts,
+    DeleteArtifact,
+    DeleteArtifactTag,
+}
+
+const API_ROUTES: [ApiRoute; 36] = [
+    ApiRoute::ListUsers,
+    ApiRoute::CreateUser,
+    ApiRoute::CurrentUser,
+    ApiRoute::PatchUser,
+    ApiRoute::ChangeOwnPassword,
+    ApiRoute::ChangeOtherPassword,
+    ApiRoute::DeleteUser,
+    ApiRoute::ListProjects,
+    ApiRoute::CreateProject,
+    ApiRoute::GetProject,
+    ApiRoute::PatchProject,
+    ApiRoute::DeleteProject,
+    ApiRoute::ListMembers,
+    ApiRoute::SetMember,
+    ApiRoute::RemoveMember,
+    ApiRoute::CreateProjectRobot,
+    ApiRoute::CreateSystemRobot,
+    ApiRoute::ListAllRobots,
+    ApiRoute::ListProjectRobots,
+    ApiRoute::GetProjectRobot,
+    ApiRoute::PatchProjectRobot,
+    ApiRoute::RefreshProjectRobot,
+    ApiRoute::DeleteProjectRobot,
+    ApiRoute::GetSystemRobot,
+    ApiRoute::PatchSystemRobot,
+    ApiRoute::RefreshSystemRobot,
+    ApiRoute::DeleteSystemRobot,
+    ApiRoute::GetSettings,
+    ApiRoute::PutSettings,
+    ApiRoute::Search,
+    ApiRoute::OpenApi,
+    ApiRoute::ListRepositories,
+    ApiRoute::DeleteRepository,
+    ApiRoute::ListArtifacts,
+    ApiRoute::DeleteArtifact,
+    ApiRoute::DeleteArtifactTag,
+];
+
+/// What a route requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ApiNeed {
+    Everyone,
+    /// A logged-in user (not a robot).
+    User,
+    SystemAdmin,
+    /// This project action (role table column) in the private project.
+    InProject(&'static str),
+    /// Listing repositories: whoever sees the project or may list in it.
+    SeeOrListRepositories,
+    /// This repository action on `priv/<repo>`.
+    OnRepository(&'static str),
+}
+
+impl ApiRoute {
+    fn needs(self) -> ApiNeed {
+        use ApiRoute::*;
+        match self {
+            ListUsers | CreateUser | PatchUser | ChangeOtherPassword | DeleteUser => {
+                ApiNeed::SystemAdmin
+            }
+            CurrentUser | ChangeOwnPassword | CreateProject => ApiNeed::User,
+            ListProjects | Search | OpenApi => ApiNeed::Everyone,
+            GetProject | ListMembers => ApiNeed::InProject("read_project"),
+            PatchProject | DeleteProject => ApiNeed::InProject("manage_project"),
+            SetMember | RemoveMember => ApiNeed::InProject("manage_members"),
+            CreateProjectRobot | ListProjectRobots | GetProjectRobot | PatchProjectRobot
+            | RefreshProjectRobot | DeleteProjectRobot => ApiNeed::InProject("manage_members"),
+            CreateSystemRobot | ListAllRobots | GetSystemRobot | PatchSystemRobot
+            | RefreshSystemRobot | DeleteSystemRobot => ApiNeed::SystemAdmin,
+            GetSettings | PutSettings => ApiNeed::SystemAdmin,
+            ListRepositories => ApiNeed::SeeOrListRepositories,
+            ListArtifacts => ApiNeed::OnRepository("list"),
+            DeleteRepository | DeleteArtifact | DeleteArtifactTag => {
+                ApiNeed::OnRepository("delete")
+            }
+        }
+    }
+
+    /// The success status.
+    fn success(self) -> u16 {
+        use ApiRoute::*;
+        match self {
+            CreateUser | CreateProject | CreateProjectRobot | CreateSystemRobot => 201,
+            ChangeOwnPassword | ChangeOtherPassword | DeleteUser | DeleteProject | RemoveMember
+            | DeleteProjectRobot | DeleteSystemRobot | DeleteRepository | DeleteArtifact
+            | DeleteArtifactTag => 204,
+            _ => 200,
+        }
+    }
+}
+
+/// The expected status of `route` called by `subject` (HTTP Basic), from the rules above.
+fn api_expected(route: ApiRoute, subject: Subject) -> u16 {
+    let anonymous = subject == Subject::Anonymous;
+    let denied = if anonymous { 401 } else { 403 };
+    // DeleteProject targets a fresh project whose members mirror priv's, but robots hold
+    // permissions only in priv, so they cannot see that one.
+    let sees_project = may(subject, PRIV, "read_project")
+        && !(route == ApiRoute::DeleteProject && matches!(subject, Subject::Robot(_)));
+    let ok = match route.needs() {
+        ApiNeed::Everyone => true,
+        ApiNeed::User => !anonymous && !matches!(subject, Subject::Robot(_)),
+        ApiNeed::SystemAdmin => subject == Subject::Admin,
+        ApiNeed::InProject(action) => {
+            if !sees_project {
+                return 404;
+            }
+            may(subject, PRIV, action)
+        }
+        ApiNeed::SeeOrListRepositories => {
+            if !sees_project && !may(subject, PRIV, "list") {
+                return 404;
+            }
+            true
+        }
+        ApiNeed::OnRepository(action) => {
+            if may(subject, PRIV, action) {
+                true
+            } else if !sees_project {
+                return 404;
+            } else {
+                false
+            }
+        }
+    };
+    if ok { route.success() } else { denied }
+}
+
+#[test]
+fn api_expectation_spot_checks() {
+    use ApiRoute::*;
+    assert_eq!(api_expected(ListUsers, Subject::Anonymous), 401);
+    assert_eq!(
+        api_expected(ListUsers, Subject::Member("project_admin")),
+        403
+    );
+    assert_eq!(api_expected(ListProjects, Subject::Anonymous), 200);
+    assert_eq!(api_expected(CreateProject, Subject::NonMember), 201);
+    assert_eq!(api_expected(GetProject, Subject::NonMember), 404);
+    assert_eq!(api_expected(GetProject, Subject::Anonymous), 404);
+    assert_eq!(
+        api_expected(GetProject, Subject::Member("limited_guest")),
+        200
+    );
+    assert_eq!(
+        api_expected(PatchProject, Subject::Member("maintainer")),
+        403
+    );
+    assert_eq!(
+        api_expected(DeleteProject, Subject::Member("project_admin")),
+        204
+    );
+    assert_eq!(api_expected(SetMember, Subject::Member("developer")), 403);
+    assert_eq!(
+        api_expected(CreateProjectRobot, Subject::Member("project_admin")),
+        201
+    );
+    assert_eq!(
+        api_expected(CreateSystemRobot, Subject::Member("project_admin")),
+        403
+    );
+    assert_eq!(
+        api_expected(ListArtifacts, Subject::Member("limited_guest")),
+        403
+    );
+    assert_eq!(api_expected(ListArtifacts, Subject::Member("guest")), 200);
+    assert_eq!(
+        api_expected(DeleteArtifact, Subject::Member("developer")),
+        403
+    );
+    assert_eq!(
+        api_expected(DeleteRepository, Subject::Member("maintainer")),
+        204
+    );
+    let robot = Subject::Robot(RobotKind::AllActions);
+    assert_eq!(api_expected(ListArtifacts, robot), 200);
+    assert_eq!(api_expected(DeleteArtifact, robot), 204);
+    assert_eq!(api_expected(GetProject, robot), 200);
+    assert_eq!(api_expected(DeleteProject, robot), 404);
+    assert_eq!(api_expected(ListUsers, robot), 403);
+    assert_eq!(api_expected(CurrentUser, robot), 403);
+}
+
+/// A management request ready to send.
+struct ApiCall {
+    method: Method,
+    path: String,
+    body: Option<Value>,
+}
+
+struct ApiFixture {
+    fx: Fixture,
+    /// The system robot every cell may address (and its login name).
+    system_robot: String,
+}
+
+impl ApiFixture {
+    async fn user(&self, name: &str) {
+        self.fx.reg.create_user(name, &password_of(name)).await;
+    }
+
+    /// A project robot (pull on `*`) named `name`; its login name.
+    async fn project_robot(&self, name: &str) -> String {
+        self.fx.create_robot(RobotKind::PullOnly, name).await.0
+    }
+
+    async fn system_robot(&self, name: &str) -> String {
+        let v = self
+            .fx
+            .reg
+            .api_ok(
+                Method::POST,
+                "/api/v1/robots",
+                &Cred::admin(),
+                Some(json!({
+                    "name": name,
+                    "permissions": [{ "project": PRIV.name, "actions": ["pull"] }],
+                })),
+                201,
+            )
+            .await;
+        v["name"].as_str().unwrap().to_string()
+    }
+
+    /// Prepares cell `n` of `route` for `subject` (fresh state for mutating cells).
+    async fn prepare(&self, route: ApiRoute, subject: Subject, n: usize) -> ApiCall {
+        use ApiRoute::*;
+        let reg = &self.fx.reg;
+        let admin = Cred::admin();
+        let call =
+            |method: Method, path: String, body: Option<Value>| ApiCall { method, path, body };
+        let p = PRIV.name;
+        match route {
+            ListUsers => call(Method::GET, "/api/v1/users".into(), None),
+            CreateUser => call(
+                Method::POST,
+                "/api/v1/users".into(),
+                Some(json!({ "username": format!("new-{n}"), "password": password_of("new") })),
+            ),
+            CurrentUser => call(Method::GET, "/api/v1/users/current".into(), None),
+            PatchUser => {
+                let u = format!("pu-{n}");
+                self.user(&u).await;
+                call(
+                    Method::PATCH,
+                    format!("/api/v1/users/{u}"),
+                    Some(json!({ "disabled": false })),
+                )
+            }
+            ChangeOwnPassword => {
+                // The same password again: allowed, and the subject keeps working.
+                let u = subject
+                    .username()
+                    .unwrap_or_else(|| Subject::NonMember.username().unwrap());
+                let pw = if subject == Subject::Admin {
+                    common::auth::ADMIN_PASSWORD.to_string()
+                } else {
+                    password_of(&u)
+                };
+                call(
+                    Method::PUT,
+                    format!("/api/v1/users/{u}/password"),
+                    Some(json!({ "current_password": pw, "new_password": pw })),
+                )
+            }
+            ChangeOtherPassword => {
+                let u = format!("cp-{n}");
+                self.user(&u).await;
+                call(
+                    Method::PUT,
+                    format!("/api/v1/users/{u}/password"),
+                    Some(json!({ "new_password": "another-password-42" })),
+                )
+            }
+            DeleteUser => {
+                let u = format!("du-{n}");
+                self.user(&u).await;
+                call(Method::DELETE, format!("/api/v1/users/{u}"), None)
+            }
+            ListProjects => call(Method::GET, "/api/v1/projects".into(), None),
+            CreateProject => call(
+                Method::POST,
+                "/api/v1/projects".into(),
+                Some(json!({ "name": format!("np-{n}") })),
+            ),
+            GetProject => call(Method::GET, format!("/api/v1/projects/{p}"), None),
+            PatchProject => call(
+                Method::PATCH,
+                format!("/api/v1/projects/{p}"),
+                Some(json!({ "public": false })),
+            ),
+            DeleteProject => {
+                // A fresh empty private project with the same members as `priv`.
+                let name = format!("dp-{n}");
+                reg.create_project(&admin, &name, false).await;
+                for (role, _) in ROLE_TABLE {
+                    let u = Subject::Member(role).username().unwrap();
+                    reg.set_member(&admin, &name, &u, role).await;
+                }
+                call(Method::DELETE, format!("/api/v1/projects/{name}"), None)
+            }
+            ListMembers => call(Method::GET, format!("/api/v1/projects/{p}/members"), None),
+            SetMember => {
+                let u = format!("sm-{n}");
+                self.user(&u).await;
+                call(
+                    Method::PUT,
+                    format!("/api/v1/projects/{p}/members/{u}"),
+                    Some(json!({ "role": "guest" })),
+                )
+            }
+            RemoveMember => {
+                let u = format!("rm-{n}");
+                self.user(&u).await;
+                reg.set_member(&admin, p, &u, "guest").await;
+                call(
+                    Method::DELETE,
+                    format!("/api/v1/projects/{p}/members/{u}"),
+                    None,
+                )
+            }
+            CreateProjectRobot => call(
+                Method::POST,
+                "/api/v1/robots".into(),
+                Some(RobotKind::PullOnly.create_body(&format!("cr-{n}"))),
+            ),
+            CreateSystemRobot => call(
+                Method::POST,
+                "/api/v1/robots".into(),
+                Some(json!({
+                    "name": format!("cs-{n}"),
+                    "permissions": [{ "project": p, "actions": ["pull"] }],
+                })),
+            ),
+            ListAllRobots => call(Method::GET, "/api/v1/robots".into(), None),
+            ListProjectRobots => call(Method::GET, format!("/api/v1/robots?project={p}"), None),
+            GetProjectRobot => {
+                let login = &self.fx.robots[&RobotKind::AllActions].0;
+                call(
+                    Method::GET,
+                    format!("/api/v1/robots/{}", encode_path(login)),
+                    None,
+                )
+            }
+            PatchProjectRobot | RefreshProjectRobot | DeleteProjectRobot => {
+                let login = self.project_robot(&format!("pr-{n}")).await;
+                robot_call(route, &login)
+            }
+            GetSystemRobot => call(
+                Method::GET,
+                format!("/api/v1/robots/{}", encode_path(&self.system_robot)),
+                None,
+            ),
+            PatchSystemRobot | RefreshSystemRobot | DeleteSystemRobot => {
+                let login = self.system_robot(&format!("sr-{n}")).await;
+                robot_call(route, &login)
+            }
+            GetSettings => call(Method::GET, "/api/v1/settings".into(), None),
+            PutSettings => call(
+                Method::PUT,
+                "/api/v1/settings".into(),
+                Some(json!({ "project_creation": "everyone" })),
+            ),
+            Search => call(Method::GET, "/v1/search?q=app".into(), None),
+            OpenApi => call(Method::GET, "/api/v1/openapi.json".into(), None),
+            ListRepositories => call(
+                Method::GET,
+                format!("/api/v1/projects/{p}/repositories"),
+                None,
+            ),
+            DeleteRepository => {
+                let path = format!("dr-{n}");
+                reg.push_image(&admin, &format!("{p}/{path}"), "v1").await;
+                call(
+                    Method::DELETE,
+                    format!("/api/v1/projects/{p}/repositories/{path}"),
+                    None,
+                )
+            }
+            ListArtifacts => call(
+                Method::GET,
+                format!("/api/v1/projects/{p}/repositories/{REPO_PATH}/artifacts"),
+                None,
+            ),
+            DeleteArtifact => {
+                let base = &self.fx.base[&PRIV.repo()];
+                let mut m: Value = serde_json::from_slice(&base.manifest).unwrap();
+                m["annotations"] = json!({ "org.example.api-cell": n.to_string() });
+                let bytes = serde_json::to_vec(&m).unwrap();
+                let digest = sha256(&bytes);
+                let resp = reg
+                    .put_manifest(&admin, &PRIV.repo(), &digest, &bytes)
+                    .await;
+                assert_eq!(resp.status(), 201, "fixture: artifact {digest}");
+                call(
+                    Method::DELETE,
+                    format!("/api/v1/projects/{p}/repositories/{REPO_PATH}/artifacts/{digest}"),
+                    None,
+                )
+            }
+            DeleteArtifactTag => {
+                let base = &self.fx.base[&PRIV.repo()];
+                let tag = format!("t-{n}");
+                let resp = reg
+                    .put_manifest(&admin, &PRIV.repo(), &tag, &base.manifest)
+                    .await;
+                assert_eq!(resp.status(), 201, "fixture: tag {tag}");
+                call(
+                    Method::DELETE,
+                    format!(
+                        "/api/v1/projects/{p}/repositories/{REPO_PATH}/artifacts/{}/tags/{tag}",
+                        base.digest
+                    ),
+                    None,
+                )
+            }
+        }
+    }
+}
+
+fn robot_call(route: ApiRoute, login: &str) -> ApiCall {
+    let path = format!("/api/v1/robots/{}", encode_path(login));
+    match route {
+        ApiRoute::PatchProjectRobot | ApiRoute::PatchSystemRobot => ApiCall {
+            method: Method::PATCH,
+            path,
+            body: Some(json!({ "disabled": false })),
+        },
+        ApiRoute::RefreshProjectRobot | ApiRoute::RefreshSystemRobot => ApiCall {
+            method: Method::POST,
+            path: format!("{path}/refresh"),
+            body: None,
+        },
+        _ => ApiCall {
+            method: Method::DELETE,
+            path,
+            body: None,
+        },
+    }
+}
+
+#[tokio::test]
+async fn api_authorization_matrix() {
+    let (_srv, fx) = setup().await;
+    let mut afx = ApiFixture {
+        fx,
+        system_robot: String::new(),
+    };
+    afx.system_robot = afx.system_robot("sys").await;
+
+    let mut subjects = vec![Subject::Anonymous];
+    subjects.extend(ROLE_TABLE.iter().map(|(r, _)| Subject::Member(r)));
+    subjects.push(Subject::NonMember);
+    subjects.push(Subject::Admin);
+    subjects.push(Subject::Robot(RobotKind::AllActions));
+
+    let mut checked = 0usize;
+    let mut mismatches: Vec<String> = Vec::new();
+    for route in API_ROUTES {
+        for subject in &subjects {
+            checked += 1;
+            let want = api_expected(route, *subject);
+            let call = afx.prepare(route, *subject, checked).await;
+            let cred = afx.fx.basic(*subject, checked).await;
+            let mut rb = afx.fx.reg.req(call.method.clone(), &call.path, &cred);
+            if let Some(b) = &call.body {
+                rb = rb
+                    .header("content-type", "application/json")
+                    .body(b.to_string());
+            }
+            let resp = rb
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{} {}: {e}", call.method, call.path));
+            let status = resp.status().as_u16();
+            if status != want {
+                let body = resp.text().await.unwrap_or_default();
+                mismatches.push(format!(
+                    "{route:?} as {}: {} {} → {status} (expected {want}); body {}",
+                    subject.name(),
+                    call.method,
+                    call.path,
+                    body.chars().take(200).collect::<String>()
+                ));
+            }
+        }
+    }
+    eprintln!(
+        "management API matrix: {checked} cells checked ({} routes × {} subjects), {} mismatches",
+        API_ROUTES.len(),
+        subjects.len(),
+        mismatches.len()
+    );
+    assert!(
+        mismatches.is_empty(),
+        "{} of {checked} management API cells differ from the documented rules:\n{}",
         mismatches.len(),
         mismatches.join("\n")
     );
