@@ -312,15 +312,21 @@ impl Registry {
         data: ChunkSource<'_>,
     ) -> Result<u64> {
         let status = self.start_upload(repo).await?;
-        self.finish_upload(repo, &status.id, digest, Some(data))
-            .await
-            .inspect_err(|_| {
-                let this = self.clone();
-                let id = status.id.clone();
-                tokio::spawn(
-                    async move { this.discard_upload(&id, &UploadPosition::default()).await },
-                );
-            })
+        let result = self
+            .finish_upload(repo, &status.id, digest, Some(data))
+            .await;
+        if result.is_err() {
+            // Nobody else knows this upload: remove it now, from its recorded position (an
+            // object store needs the multipart id in it), rather than leave it to the expiry.
+            if let Ok(Some(u)) = self.inner.meta.upload(&status.id).await {
+                let at = UploadPosition {
+                    size: u.size,
+                    backend_state: u.backend_state,
+                };
+                self.discard_upload(&status.id, &at).await;
+            }
+        }
+        result
     }
 
     async fn rehash_upload(

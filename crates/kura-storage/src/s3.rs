@@ -9,8 +9,9 @@
 //! uploads/<upload id>/tail-<n>  bytes past the last full part, when the upload holds n bytes
 //! ```
 //!
-//! An upload is a multipart upload to `blobs/<id>` in parts of exactly [`PART_SIZE`] bytes,
-//! started lazily when the first part is full, plus a *tail* object with the remainder. The
+//! An upload is a multipart upload to `blobs/<id>`, created with the upload, in parts of
+//! exactly [`PART_SIZE`] bytes, plus a *tail* object with the remainder (sent as the last part
+//! at commit). The
 //! multipart id and part ETags live in the upload's `backend_state`, which the caller stores in
 //! the shared database, so any replica can continue an upload. Part `k` always holds bytes
 //! `[k·PART_SIZE, (k+1)·PART_SIZE)`, so replaying an interrupted append rewrites the same parts;
@@ -263,8 +264,18 @@ impl BlobStore for S3BlobStore {
 
     async fn create_upload(&self, upload_id: &str) -> Result<UploadPosition> {
         Self::check_id(upload_id)?;
-        // Nothing exists in the bucket until data arrives.
-        Ok(UploadPosition::default())
+        // The multipart upload exists from the start, so its id is recorded with the upload
+        // before any byte arrives: an append that dies can never leave parts nobody can abort.
+        let dest = self.path(&Self::blob_key(upload_id));
+        let id = self.s3.create_multipart(&dest).await.map_err(backend)?;
+        Ok(UploadPosition {
+            size: 0,
+            backend_state: UploadState {
+                multipart: Some(id),
+                parts: Vec::new(),
+            }
+            .encode(),
+        })
     }
 
     async fn append_upload(
@@ -347,6 +358,18 @@ impl BlobStore for S3BlobStore {
                         .map_err(backend)?;
                 }
             }
+            // Nothing was written: an empty object, and the unused multipart upload goes.
+            Some(mpu) if at.size == 0 => {
+                self.s3
+                    .put(&dest, PutPayload::default())
+                    .await
+                    .map_err(backend)?;
+                if let Err(e) = self.s3.abort_multipart(&dest, &mpu).await {
+                    tracing::warn!(upload = upload_id, error = %e, "could not abort an unused multipart upload");
+                }
+            }
+            // The tail (the whole blob, for one under a part) is the last part: S3 allows the
+            // last part, even the only one, to be smaller than the minimum.
             Some(mpu) => {
                 if tail_len > 0 {
                     let tail = self.read_tail(upload_id, at, &st).await?;
@@ -386,7 +409,11 @@ impl BlobStore for S3BlobStore {
         if let Some(mpu) = &st.multipart {
             let dest = self.path(&Self::blob_key(upload_id));
             match self.s3.abort_multipart(&dest, mpu).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                // An upload that is already gone: AWS says NoSuchUpload (404); some
+                // S3-compatible servers (s3s-fs) say AccessDenied (403) for an unknown id.
+                Ok(())
+                | Err(object_store::Error::NotFound { .. })
+                | Err(object_store::Error::PermissionDenied { .. }) => {}
                 Err(e) => return Err(backend(e)),
             }
         }
