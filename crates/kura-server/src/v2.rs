@@ -204,7 +204,10 @@ async fn dispatch(
     body: Body,
 ) -> Response {
     let rest = uri.path().strip_prefix("/v2/").unwrap_or("");
+    // Requests refused here never reach a handler that reads their body: drain it (bounded)
+    // first, or a client still sending may see a reset instead of the answer.
     let Some(route) = v2_route::parse(rest) else {
+        drain(&mut body_stream(body)).await;
         return ApiError::new(ErrorCode::NameUnknown, "no such endpoint")
             .with_status(404)
             .into_response();
@@ -212,7 +215,10 @@ async fn dispatch(
     let q = query_map(query.as_deref());
     let identity = match authorize_route(&state, &headers, &route, &method).await {
         Ok(identity) => identity,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            drain(&mut body_stream(body)).await;
+            return e.into_response();
+        }
     };
     let result = match route {
         V2Route::Manifest { name, reference } => match method {
