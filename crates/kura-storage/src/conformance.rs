@@ -41,7 +41,61 @@ pub async fn run_all(store: &dyn BlobStore) {
     upload_commit_read(store).await;
     resume_discards_unrecorded_tail(store).await;
     abort_and_missing(store).await;
+    listing_pages_in_key_order(store).await;
     store.check().await.expect("check");
+}
+
+/// `list_blobs` returns committed blobs (never uploads in progress) in key order, pages by
+/// key, and each listed key names the upload it came from.
+async fn listing_pages_in_key_order(store: &dyn BlobStore) {
+    let mut keys = Vec::new();
+    for i in 0..5 {
+        let id = format!("suite-list-{i}");
+        let data = format!("listed blob {i}");
+        let digest = Algorithm::Sha256.digest_of(data.as_bytes());
+        let pos = store.create_upload(&id).await.unwrap();
+        let pos = store
+            .append_upload(&id, &pos, &mut chunks(&[data.as_bytes()]))
+            .await
+            .unwrap();
+        let key = store.commit_upload(&id, &pos, &digest).await.unwrap();
+        assert_eq!(crate::upload_id_of_key(&key), Some(id.as_str()), "{key}");
+        keys.push((key, data.len() as u64));
+    }
+    let pending = store.create_upload("suite-list-pending").await.unwrap();
+    keys.sort();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list_blobs(after.as_deref(), 2).await.unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some(last.key.clone());
+        for o in page {
+            assert!(o.modified_ms > 0);
+            seen.push((o.key, o.size));
+        }
+    }
+    let sorted = {
+        let mut s = seen.clone();
+        s.sort();
+        s
+    };
+    assert_eq!(seen, sorted, "listing is in key order");
+    for k in &keys {
+        assert!(seen.contains(k), "{k:?} listed");
+    }
+    assert!(
+        !seen.iter().any(|(k, _)| k.contains("suite-list-pending")),
+        "uploads in progress are not listed"
+    );
+    for (key, _) in &keys {
+        store.delete_blob(key).await.unwrap();
+    }
+    store
+        .abort_upload("suite-list-pending", &pending)
+        .await
+        .unwrap();
 }
 
 async fn upload_commit_read(store: &dyn BlobStore) {

@@ -1,10 +1,17 @@
 //! Filesystem backend. Layout under the root:
 //!
 //! ```text
-//! blobs/<algorithm>/<first two hex chars>/<hex>   committed, immutable blobs
-//!                                                 (the storage key is the part after blobs/)
-//! uploads/<upload id>                             bytes of an upload in progress
+//! blobs/up/<first two chars of id>/<upload id>  committed, immutable blobs
+//!                                               (the storage key is the part after blobs/)
+//! uploads/<upload id>                           bytes of an upload in progress
 //! ```
+//!
+//! A committed blob keeps the id of the upload that produced it, never its digest: two
+//! commits of the same content get different keys, so garbage collection deleting an old,
+//! unreferenced copy can never remove the file a concurrent upload of the same digest has just
+//! committed (with digest-derived keys the rename of the new copy and the delete of the old
+//! one name the same path). Metadata maps digest to key; a duplicate copy is deleted by the
+//! caller. Keys of the older digest-derived layout (`<alg>/<2 hex>/<hex>`) are still read.
 //!
 //! A commit is a `rename` from `uploads/` into `blobs/` on the same filesystem, so a blob is
 //! either wholly visible or absent. With strict durability the data file and both directories
@@ -21,7 +28,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
 use crate::{
-    BlobStore, ByteRange, ByteStream, ChunkSource, Durability, Result, StorageError, UploadPosition,
+    BlobStore, ByteRange, ByteStream, ChunkSource, Durability, Result, StorageError, StoredObject,
+    UploadPosition,
 };
 
 /// Read buffer for streaming blobs out: large enough to keep syscalls per GiB low.
@@ -43,18 +51,19 @@ impl FsBlobStore {
         Ok(FsBlobStore { root, durability })
     }
 
-    /// The storage key of a digest: `<alg>/<2 hex>/<hex>`.
-    fn key_for(digest: &Digest) -> String {
-        let hex = digest.hex();
-        format!("{}/{}/{}", digest.algorithm().as_str(), &hex[..2], hex)
+    /// The storage key of an upload's blob: `up/<first two chars>/<upload id>`.
+    fn key_for(upload_id: &str) -> String {
+        format!("up/{}/{upload_id}", &upload_id[..2.min(upload_id.len())])
     }
 
     fn blob_path(&self, key: &str) -> Result<PathBuf> {
         // Keys come from our metadata, but never let one name a path outside blobs/.
         let ok = key.split('/').count() == 3
-            && key
-                .split('/')
-                .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric()));
+            && key.split('/').all(|c| {
+                !c.is_empty()
+                    && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !c.starts_with('-')
+            });
         if !ok {
             return Err(StorageError::NotFound(format!("blob key {key:?}")));
         }
@@ -65,6 +74,23 @@ impl FsBlobStore {
         crate::check_upload_id(upload_id)?;
         Ok(self.root.join("uploads").join(upload_id))
     }
+}
+
+/// Names in a directory, sorted bytewise; a missing directory is empty.
+async fn sorted_entries(dir: &Path) -> Result<Vec<String>> {
+    let mut rd = match fs::read_dir(dir).await {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut names = Vec::new();
+    while let Some(entry) = rd.next_entry().await? {
+        if let Ok(name) = entry.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 async fn sync_dir(path: &Path) -> io::Result<()> {
@@ -181,7 +207,7 @@ impl BlobStore for FsBlobStore {
         &self,
         upload_id: &str,
         at: &UploadPosition,
-        digest: &Digest,
+        _digest: &Digest,
     ) -> Result<String> {
         let src = self.upload_path(upload_id)?;
         let file = fs::OpenOptions::new()
@@ -196,11 +222,10 @@ impl BlobStore for FsBlobStore {
             file.sync_all().await?;
         }
         drop(file);
-        let key = Self::key_for(digest);
+        let key = Self::key_for(upload_id);
         let dst = self.blob_path(&key)?;
         let dir = dst.parent().expect("blob path has a parent");
         fs::create_dir_all(dir).await?;
-        // rename(2) replaces atomically; an existing blob with this digest has the same bytes.
         fs::rename(&src, &dst).await?;
         if self.durability == Durability::Strict {
             sync_dir(dir).await?;
@@ -216,6 +241,55 @@ impl BlobStore for FsBlobStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn list_blobs(&self, after: Option<&str>, limit: usize) -> Result<Vec<StoredObject>> {
+        // Keys have exactly three components; walk the tree in sorted order, skipping whole
+        // directories that sort before `after`, so a page costs what it returns.
+        let after: Vec<&str> = after.map(|a| a.split('/').collect()).unwrap_or_default();
+        let mut out = Vec::new();
+        let root = self.root.join("blobs");
+        for a in sorted_entries(&root).await? {
+            if after.first().is_some_and(|x| a.as_str() < *x) {
+                continue;
+            }
+            for b in sorted_entries(&root.join(&a)).await? {
+                if after.first() == Some(&a.as_str())
+                    && after.get(1).is_some_and(|x| b.as_str() < *x)
+                {
+                    continue;
+                }
+                for c in sorted_entries(&root.join(&a).join(&b)).await? {
+                    let key = format!("{a}/{b}/{c}");
+                    if !after.is_empty() && key.as_str() <= after.join("/").as_str() {
+                        continue;
+                    }
+                    if self.blob_path(&key).is_err() {
+                        continue;
+                    }
+                    let meta = match fs::metadata(root.join(&a).join(&b).join(&c)).await {
+                        Ok(m) => m,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    let modified_ms = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(0);
+                    out.push(StoredObject {
+                        key,
+                        size: meta.len(),
+                        modified_ms,
+                    });
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn check(&self) -> Result<()> {

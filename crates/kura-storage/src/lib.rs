@@ -85,6 +85,24 @@ pub struct UploadPosition {
     pub backend_state: String,
 }
 
+/// A committed blob as blob storage lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: String,
+    pub size: u64,
+    /// Last modification, epoch milliseconds.
+    pub modified_ms: i64,
+}
+
+/// The upload id a storage key was committed from, when the key records one (every key Kura
+/// writes does: `blobs/<id>` on object stores, `up/<2>/<id>` on the filesystem).
+pub fn upload_id_of_key(key: &str) -> Option<&str> {
+    let last = key.rsplit('/').next()?;
+    (key.starts_with("blobs/") || key.starts_with("up/"))
+        .then_some(last)
+        .filter(|id| check_upload_id(id).is_ok())
+}
+
 /// How much durability a commit buys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -149,6 +167,11 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn presigned_get(&self, _key: &str) -> Result<Option<String>> {
         Ok(None)
     }
+
+    /// Committed blobs whose key sorts after `after`, in key order, at most `limit` of them.
+    /// Garbage collection compares these with metadata to find bytes nobody records (a
+    /// process killed between a storage commit and the metadata commit leaves such objects).
+    async fn list_blobs(&self, after: Option<&str>, limit: usize) -> Result<Vec<StoredObject>>;
 
     /// Checks the backend is reachable and writable (readiness).
     async fn check(&self) -> Result<()>;

@@ -33,7 +33,10 @@ use object_store::signer::Signer;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use crate::{BlobStore, ByteRange, ByteStream, ChunkSource, Result, StorageError, UploadPosition};
+use crate::{
+    BlobStore, ByteRange, ByteStream, ChunkSource, Result, StorageError, StoredObject,
+    UploadPosition,
+};
 
 /// Size of every multipart part but the last. S3 needs ≥ 5 MiB; some S3-compatible stores
 /// need equal sizes. 8 MiB × 10,000 parts allows blobs up to 78 GiB.
@@ -437,6 +440,35 @@ impl BlobStore for S3BlobStore {
             .await
             .map_err(backend)?;
         Ok(Some(url.to_string()))
+    }
+
+    async fn list_blobs(&self, after: Option<&str>, limit: usize) -> Result<Vec<StoredObject>> {
+        let prefix = self.path("blobs");
+        let offset = self.path(after.unwrap_or("blobs/"));
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut listing = self.s3.list_with_offset(Some(&prefix), &offset);
+        let mut out = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(backend)?;
+            let full = meta.location.to_string();
+            let key = full.strip_prefix(&strip).unwrap_or(&full).to_string();
+            if Self::check_key(&key).is_err() {
+                continue;
+            }
+            out.push(StoredObject {
+                key,
+                size: meta.size,
+                modified_ms: meta.last_modified.timestamp_millis(),
+            });
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     async fn check(&self) -> Result<()> {
