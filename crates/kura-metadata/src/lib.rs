@@ -6,10 +6,13 @@
 //! the one for identity (users, projects, members, settings); [`SqlStore`] implements both for
 //! SQLite (the embedded default) and PostgreSQL with one set of queries.
 
+#[macro_use]
 pub mod sql;
+pub mod lifecycle;
 
 use async_trait::async_trait;
 
+pub use lifecycle::*;
 pub use sql::SqlStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +67,9 @@ pub struct NewManifest {
     pub manifest_refs: Vec<String>,
     /// Tag to point at the manifest, if pushed by tag.
     pub tag: Option<String>,
+    /// The tag matches an immutability rule: it may be created, or re-pointed at the digest
+    /// it already has, but not moved.
+    pub immutable_tag: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +77,51 @@ pub enum PutManifestOutcome {
     Stored,
     /// Nothing was written: these references are not in the repository.
     MissingReferences(Vec<String>),
+    /// Nothing was written: the tag is immutable and points at another manifest.
+    TagImmutable,
 }
+
+/// A change refused because it would grow a project past its storage limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    /// Bytes the project used before the change.
+    pub usage: u64,
+    /// Bytes the change would have added.
+    pub requested: u64,
+    pub limit: u64,
+}
+
+/// Result of linking an existing blob into a repository (a mount).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkOutcome {
+    Linked,
+    UnknownBlob,
+    QuotaExceeded(QuotaExceeded),
+}
+
+/// Result of recording a committed blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Recorded; reads use `storage_key` (an earlier commit's key if the digest was known).
+    Committed { storage_key: String },
+    /// Nothing was recorded and the upload session is left as it was.
+    QuotaExceeded {
+        exceeded: QuotaExceeded,
+        recorded_key: Option<String>,
+    },
+}
+
+/// Result of deleting a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteManifestOutcome {
+    Deleted(DeletedManifest),
+    NotFound,
+    /// Refused: this tag of the manifest is immutable.
+    Immutable(String),
+}
+
+/// Says whether a tag is protected by an immutability rule.
+pub type TagGuard<'a> = dyn Fn(&str) -> bool + Send + Sync + 'a;
 
 /// A stored manifest (payload included only when asked for).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,13 +205,14 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// The blob if it is linked to the repository.
     async fn repository_blob(&self, repository_id: i64, digest: &str)
     -> Result<Option<BlobRecord>>;
-    /// Links an already stored blob to a repository; false when the blob is unknown.
-    async fn link_blob(&self, repository_id: i64, digest: &str) -> Result<bool>;
+    /// Links an already stored blob to a repository (refused past the project's quota).
+    async fn link_blob(&self, repository_id: i64, digest: &str) -> Result<LinkOutcome>;
     /// Removes a repository's link to a blob; false when there was none.
     async fn unlink_blob(&self, repository_id: i64, digest: &str) -> Result<bool>;
     /// Records a committed blob, links it to the repository and ends the upload session, in
-    /// one transaction. Returns the storage key the digest is recorded under: `storage_key`,
-    /// or the key of an earlier commit of the same digest (the caller then drops its copy).
+    /// one transaction, unless that grows the project past its quota. The recorded storage key
+    /// is `storage_key`, or the key of an earlier commit of the same digest (the caller then
+    /// drops its copy).
     async fn commit_blob(
         &self,
         repository_id: i64,
@@ -169,7 +220,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         size: u64,
         storage_key: &str,
         upload_id: &str,
-    ) -> Result<String>;
+    ) -> Result<CommitOutcome>;
 
     // --- uploads -------------------------------------------------------------------------
     async fn create_upload(&self, upload: &UploadRecord) -> Result<()>;
@@ -204,14 +255,17 @@ pub trait MetadataStore: Send + Sync + 'static {
         tag: &str,
         with_payload: bool,
     ) -> Result<Option<ManifestRecord>>;
-    /// Deletes a tag only; false when absent.
+    /// Deletes a tag only (recorded in the tag history); false when absent.
     async fn delete_tag(&self, repository_id: i64, tag: &str) -> Result<bool>;
-    /// Deletes a manifest and every tag pointing at it; `None` when absent.
+    /// Deletes a manifest and every tag pointing at it, unless one of its tags is protected.
+    /// The manifest moves to the deleted-manifest area, from which its tags can be restored
+    /// until garbage collection purges it.
     async fn delete_manifest(
         &self,
         repository_id: i64,
         digest: &str,
-    ) -> Result<Option<DeletedManifest>>;
+        protected: &TagGuard<'_>,
+    ) -> Result<DeleteManifestOutcome>;
     /// Tags after `last`, sorted bytewise, at most `limit`.
     async fn list_tags(
         &self,
@@ -240,6 +294,10 @@ pub trait MetadataStore: Send + Sync + 'static {
         artifact_type: Option<&str>,
     ) -> Result<Vec<ReferrerRecord>>;
 }
+
+/// Everything the registry service needs from metadata: content plus lifecycle.
+pub trait Metadata: MetadataStore + LifecycleStore {}
+impl<T: MetadataStore + LifecycleStore> Metadata for T {}
 
 /// Which repositories a listing may show.
 #[derive(Debug, Clone, PartialEq, Eq)]

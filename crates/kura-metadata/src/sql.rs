@@ -18,10 +18,10 @@ use sqlx::sqlite::{
 };
 
 use crate::{
-    AccessStore, ArtifactRecord, BlobRecord, DeletedManifest, ManifestRecord, MemberRecord,
-    MetadataError, MetadataStore, NewManifest, ProjectRecord, PutManifestOutcome, ReferrerRecord,
-    RepositoryFilter, Result, RobotPermission, RobotRecord, UploadRecord, UserRecord, now_ms,
-    project_of,
+    AccessStore, ArtifactRecord, BlobRecord, CommitOutcome, DeleteManifestOutcome, DeletedManifest,
+    LinkOutcome, ManifestRecord, MemberRecord, MetadataError, MetadataStore, NewManifest,
+    ProjectRecord, PutManifestOutcome, QuotaExceeded, ReferrerRecord, RepositoryFilter, Result,
+    RobotPermission, RobotRecord, TagGuard, UploadRecord, UserRecord, now_ms, project_of,
 };
 
 /// Embedded migrations: (version, name, sqlite DDL, postgres DDL). Append only.
@@ -50,12 +50,18 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("migrations/sqlite/0004_pull_times.sql"),
         include_str!("migrations/postgres/0004_pull_times.sql"),
     ),
+    (
+        5,
+        "lifecycle",
+        include_str!("migrations/sqlite/0005_lifecycle.sql"),
+        include_str!("migrations/postgres/0005_lifecycle.sql"),
+    ),
 ];
 
 /// Key of the PostgreSQL advisory lock that serializes migrations across replicas.
 const MIGRATION_LOCK_KEY: i64 = 0x6b75_7261_6d69_6772; // "kuramigr"
 
-enum Pools {
+pub(crate) enum Pools {
     Sqlite { read: SqlitePool, write: SqlitePool },
     Postgres(PgPool),
 }
@@ -92,6 +98,156 @@ macro_rules! with_write {
     };
 }
 
+/// The storage limit of the project a repository belongs to, inside transaction `$tx`.
+macro_rules! storage_limit {
+    ($tx:ident, $repository_id:expr) => {{
+        let limit: Option<Option<i64>> = sqlx::query_scalar(
+            "SELECT p.storage_limit FROM repositories r JOIN projects p ON p.name = r.project \
+             WHERE r.id = $1",
+        )
+        .bind($repository_id)
+        .fetch_optional(&mut *$tx)
+        .await?;
+        limit.flatten()
+    }};
+}
+
+/// The project's usage in bytes, read only when a limit applies.
+macro_rules! usage_bytes {
+    ($tx:ident, $repository_id:expr, $limit:expr) => {{
+        if $limit.is_some() {
+            let used: Option<i64> = sqlx::query_scalar(
+                "SELECT u.bytes FROM repositories r JOIN project_usage u ON u.project = r.project \
+                 WHERE r.id = $1",
+            )
+            .bind($repository_id)
+            .fetch_optional(&mut *$tx)
+            .await?;
+            used.unwrap_or(0)
+        } else {
+            0
+        }
+    }};
+}
+
+/// After a link change: `Some` when it grew the project's usage past its limit. Usage is kept
+/// by triggers, and the usage row stays locked until commit, so concurrent pushes into one
+/// project are judged one after the other.
+macro_rules! quota_check {
+    ($tx:ident, $repository_id:expr, $limit:expr, $before:expr) => {{
+        match $limit {
+            None => None,
+            Some(limit) => {
+                let after = usage_bytes!($tx, $repository_id, Some(limit));
+                (after > $before && after > limit).then(|| QuotaExceeded {
+                    usage: $before.max(0) as u64,
+                    requested: (after - $before) as u64,
+                    limit: limit.max(0) as u64,
+                })
+            }
+        }
+    }};
+}
+
+/// Appends a tag move to the history.
+macro_rules! record_tag_move {
+    ($tx:ident, $repository_id:expr, $tag:expr, $digest:expr, $previous:expr, $now:expr) => {{
+        sqlx::query(
+            "INSERT INTO tag_history (repository_id, tag, digest, previous_digest, changed_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind($repository_id)
+        .bind($tag)
+        .bind($digest)
+        .bind($previous)
+        .bind($now)
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+
+/// Moves a manifest (and what it references) from `manifests` into `deleted_manifests`, if it
+/// still matches the extra SQL condition `$cond` (on alias-free `manifests` columns, `$4` =
+/// repository id, `$5` = digest are not available: use `$1`/`$2`, and `$3` = now). The DELETE
+/// is the arbiter: under concurrency the row is moved only if the delete itself matched.
+/// Evaluates to true when the manifest was moved.
+macro_rules! trash_manifest {
+    ($tx:ident, $repository_id:expr, $digest:expr, $now:expr, $cond:expr) => {{
+        let refs: Vec<(String, String)> = sqlx::query_as(
+            "SELECT child_digest, child_kind FROM manifest_references \
+             WHERE repository_id = $1 AND manifest_digest = $2",
+        )
+        .bind($repository_id)
+        .bind($digest)
+        .fetch_all(&mut *$tx)
+        .await?;
+        type Row = (
+            String,
+            i64,
+            Vec<u8>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            i64,
+        );
+        let sql = format!(
+            "DELETE FROM manifests WHERE repository_id = $1 AND digest = $2 AND $3 = $3 {} \
+             RETURNING media_type, size, payload, artifact_type, subject_digest, annotations, \
+             created_at",
+            $cond
+        );
+        let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind($repository_id)
+            .bind($digest)
+            .bind($now)
+            .fetch_optional(&mut *$tx)
+            .await?;
+        match row {
+            None => false,
+            Some(r) => {
+                sqlx::query(
+                    "DELETE FROM deleted_manifests WHERE repository_id = $1 AND digest = $2",
+                )
+                .bind($repository_id)
+                .bind($digest)
+                .execute(&mut *$tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO deleted_manifests (repository_id, digest, media_type, size, \
+                     payload, artifact_type, subject_digest, annotations, created_at, deleted_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind($repository_id)
+                .bind($digest)
+                .bind(r.0)
+                .bind(r.1)
+                .bind(r.2)
+                .bind(r.3)
+                .bind(r.4)
+                .bind(r.5)
+                .bind(r.6)
+                .bind($now)
+                .execute(&mut *$tx)
+                .await?;
+                for (child, kind) in refs {
+                    sqlx::query(
+                        "INSERT INTO deleted_manifest_references \
+                         (repository_id, manifest_digest, child_digest, child_kind) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    )
+                    .bind($repository_id)
+                    .bind($digest)
+                    .bind(child)
+                    .bind(kind)
+                    .execute(&mut *$tx)
+                    .await?;
+                }
+                true
+            }
+        }
+    }};
+}
+
 /// Tuning for [`SqlStore::connect`].
 #[derive(Debug, Clone)]
 pub struct SqlOptions {
@@ -111,7 +267,7 @@ impl Default for SqlOptions {
 }
 
 pub struct SqlStore {
-    pools: Pools,
+    pub(crate) pools: Pools,
 }
 
 impl SqlStore {
@@ -918,30 +1074,39 @@ impl MetadataStore for SqlStore {
         }))
     }
 
-    async fn link_blob(&self, repository_id: i64, digest: &str) -> Result<bool> {
+    async fn link_blob(&self, repository_id: i64, digest: &str) -> Result<LinkOutcome> {
+        let now = now_ms();
         with_write!(self, |p| {
-            let res = sqlx::query(
-                "INSERT INTO repository_blobs (repository_id, digest, created_at) \
-                 SELECT $1, digest, $3 FROM blobs WHERE digest = $2 \
-                 ON CONFLICT (repository_id, digest) DO NOTHING",
-            )
-            .bind(repository_id)
-            .bind(digest)
-            .bind(now_ms())
-            .execute(p)
-            .await?;
-            if res.rows_affected() > 0 {
-                return Ok(true);
+            let mut tx = p.begin().await?;
+            // Touching the blob row is what makes a concurrent GC skip it (see migration 5).
+            let touched = sqlx::query("UPDATE blobs SET touched_at = $2 WHERE digest = $1")
+                .bind(digest)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if touched == 0 {
+                tx.rollback().await?;
+                return Ok(LinkOutcome::UnknownBlob);
             }
-            // Either already linked (fine) or the blob is unknown.
-            let linked: Option<i32> = sqlx::query_scalar(
-                "SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = $2",
+            let limit = storage_limit!(tx, repository_id);
+            let before = usage_bytes!(tx, repository_id, limit);
+            sqlx::query(
+                "INSERT INTO repository_blobs (repository_id, digest, created_at, touched_at) \
+                 VALUES ($1, $2, $3, $3) ON CONFLICT (repository_id, digest) \
+                 DO UPDATE SET touched_at = excluded.touched_at",
             )
             .bind(repository_id)
             .bind(digest)
-            .fetch_optional(p)
+            .bind(now)
+            .execute(&mut *tx)
             .await?;
-            Ok(linked.is_some())
+            if let Some(exceeded) = quota_check!(tx, repository_id, limit, before) {
+                tx.rollback().await?;
+                return Ok(LinkOutcome::QuotaExceeded(exceeded));
+            }
+            tx.commit().await?;
+            Ok(LinkOutcome::Linked)
         })
     }
 
@@ -965,13 +1130,16 @@ impl MetadataStore for SqlStore {
         size: u64,
         storage_key: &str,
         upload_id: &str,
-    ) -> Result<String> {
+    ) -> Result<CommitOutcome> {
         let now = now_ms();
         with_write!(self, |p| {
             let mut tx = p.begin().await?;
+            // An earlier commit of the digest wins (the caller drops its copy); touching it
+            // keeps a concurrent GC from taking it (see migration 5).
             sqlx::query(
-                "INSERT INTO blobs (digest, size, storage_key, created_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING",
+                "INSERT INTO blobs (digest, size, storage_key, created_at, touched_at) \
+                 VALUES ($1, $2, $3, $4, $4) ON CONFLICT (digest) \
+                 DO UPDATE SET touched_at = excluded.touched_at",
             )
             .bind(digest)
             .bind(size as i64)
@@ -984,21 +1152,33 @@ impl MetadataStore for SqlStore {
                     .bind(digest)
                     .fetch_one(&mut *tx)
                     .await?;
+            let limit = storage_limit!(tx, repository_id);
+            let before = usage_bytes!(tx, repository_id, limit);
             sqlx::query(
-                "INSERT INTO repository_blobs (repository_id, digest, created_at) \
-                 VALUES ($1, $2, $3) ON CONFLICT (repository_id, digest) DO NOTHING",
+                "INSERT INTO repository_blobs (repository_id, digest, created_at, touched_at) \
+                 VALUES ($1, $2, $3, $3) ON CONFLICT (repository_id, digest) \
+                 DO UPDATE SET touched_at = excluded.touched_at",
             )
             .bind(repository_id)
             .bind(digest)
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            if let Some(exceeded) = quota_check!(tx, repository_id, limit, before) {
+                tx.rollback().await?;
+                return Ok(CommitOutcome::QuotaExceeded {
+                    exceeded,
+                    recorded_key: None,
+                });
+            }
             sqlx::query("DELETE FROM uploads WHERE id = $1")
                 .bind(upload_id)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            Ok(recorded)
+            Ok(CommitOutcome::Committed {
+                storage_key: recorded,
+            })
         })
     }
 
@@ -1087,28 +1267,35 @@ impl MetadataStore for SqlStore {
         let now = now_ms();
         with_write!(self, |p| {
             let mut tx = p.begin().await?;
+            // Checking a reference *is* touching it: the update both proves the row exists and
+            // makes a concurrent GC skip it (see migration 5).
             let mut missing = Vec::new();
             for digest in &m.blob_refs {
-                let found: Option<i32> = sqlx::query_scalar(
-                    "SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = $2",
+                let n = sqlx::query(
+                    "UPDATE repository_blobs SET touched_at = $3 \
+                     WHERE repository_id = $1 AND digest = $2",
                 )
                 .bind(m.repository_id)
                 .bind(digest)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if found.is_none() {
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n == 0 {
                     missing.push(digest.clone());
                 }
             }
             for digest in &m.manifest_refs {
-                let found: Option<i32> = sqlx::query_scalar(
-                    "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2",
+                let n = sqlx::query(
+                    "UPDATE manifests SET touched_at = $3 WHERE repository_id = $1 AND digest = $2",
                 )
                 .bind(m.repository_id)
                 .bind(digest)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if found.is_none() {
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n == 0 {
                     missing.push(digest.clone());
                 }
             }
@@ -1116,26 +1303,49 @@ impl MetadataStore for SqlStore {
                 tx.rollback().await?;
                 return Ok(PutManifestOutcome::MissingReferences(missing));
             }
-            let inserted = sqlx::query(
-                "INSERT INTO manifests (repository_id, digest, media_type, size, payload, \
-                 artifact_type, subject_digest, annotations, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT (repository_id, digest) DO NOTHING",
+            let previous: Option<String> = match &m.tag {
+                Some(tag) => {
+                    sqlx::query_scalar(
+                        "SELECT digest FROM tags WHERE repository_id = $1 AND name = $2",
+                    )
+                    .bind(m.repository_id)
+                    .bind(tag)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                }
+                None => None,
+            };
+            if m.immutable_tag && previous.as_ref().is_some_and(|d| *d != m.digest) {
+                tx.rollback().await?;
+                return Ok(PutManifestOutcome::TagImmutable);
+            }
+            let existed = sqlx::query(
+                "UPDATE manifests SET touched_at = $3 WHERE repository_id = $1 AND digest = $2",
             )
             .bind(m.repository_id)
             .bind(&m.digest)
-            .bind(&m.media_type)
-            .bind(m.payload.len() as i64)
-            .bind(&m.payload)
-            .bind(&m.artifact_type)
-            .bind(&m.subject_digest)
-            .bind(&m.annotations)
             .bind(now)
             .execute(&mut *tx)
             .await?
             .rows_affected()
                 > 0;
-            if inserted {
+            if !existed {
+                sqlx::query(
+                    "INSERT INTO manifests (repository_id, digest, media_type, size, payload, \
+                     artifact_type, subject_digest, annotations, created_at, touched_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+                )
+                .bind(m.repository_id)
+                .bind(&m.digest)
+                .bind(&m.media_type)
+                .bind(m.payload.len() as i64)
+                .bind(&m.payload)
+                .bind(&m.artifact_type)
+                .bind(&m.subject_digest)
+                .bind(&m.annotations)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
                 let refs = m
                     .blob_refs
                     .iter()
@@ -1154,12 +1364,22 @@ impl MetadataStore for SqlStore {
                     .execute(&mut *tx)
                     .await?;
                 }
+                // Live again: it no longer waits in the deleted-manifest grace period.
+                sqlx::query(
+                    "DELETE FROM deleted_manifests WHERE repository_id = $1 AND digest = $2",
+                )
+                .bind(m.repository_id)
+                .bind(&m.digest)
+                .execute(&mut *tx)
+                .await?;
             }
-            if let Some(tag) = &m.tag {
+            if let Some(tag) = &m.tag
+                && previous.as_deref() != Some(m.digest.as_str())
+            {
                 sqlx::query(
                     "INSERT INTO tags (repository_id, name, digest, updated_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (repository_id, name) \
-                     DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (repository_id, name) \
+                         DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
                 )
                 .bind(m.repository_id)
                 .bind(tag)
@@ -1167,6 +1387,14 @@ impl MetadataStore for SqlStore {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+                record_tag_move!(
+                    tx,
+                    m.repository_id,
+                    tag,
+                    Some(&m.digest),
+                    previous.as_deref(),
+                    now
+                );
             }
             tx.commit().await?;
             Ok(PutManifestOutcome::Stored)
@@ -1222,13 +1450,28 @@ impl MetadataStore for SqlStore {
     }
 
     async fn delete_tag(&self, repository_id: i64, tag: &str) -> Result<bool> {
+        let now = now_ms();
         with_write!(self, |p| {
-            let res = sqlx::query("DELETE FROM tags WHERE repository_id = $1 AND name = $2")
-                .bind(repository_id)
-                .bind(tag)
-                .execute(p)
-                .await?;
-            Ok(res.rows_affected() > 0)
+            let mut tx = p.begin().await?;
+            let old: Option<String> = sqlx::query_scalar(
+                "DELETE FROM tags WHERE repository_id = $1 AND name = $2 RETURNING digest",
+            )
+            .bind(repository_id)
+            .bind(tag)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(old) = &old {
+                record_tag_move!(
+                    tx,
+                    repository_id,
+                    tag,
+                    None::<&str>,
+                    Some(old.as_str()),
+                    now
+                );
+            }
+            tx.commit().await?;
+            Ok(old.is_some())
         })
     }
 
@@ -1236,34 +1479,36 @@ impl MetadataStore for SqlStore {
         &self,
         repository_id: i64,
         digest: &str,
-    ) -> Result<Option<DeletedManifest>> {
+        protected: &TagGuard<'_>,
+    ) -> Result<DeleteManifestOutcome> {
+        let now = now_ms();
         with_write!(self, |p| {
             let mut tx = p.begin().await?;
             let tags: Vec<String> = sqlx::query_scalar(
-                "DELETE FROM tags WHERE repository_id = $1 AND digest = $2 RETURNING name",
+                "SELECT name FROM tags WHERE repository_id = $1 AND digest = $2 ORDER BY name",
             )
             .bind(repository_id)
             .bind(digest)
             .fetch_all(&mut *tx)
             .await?;
-            sqlx::query(
-                "DELETE FROM manifest_references WHERE repository_id = $1 AND manifest_digest = $2",
-            )
-            .bind(repository_id)
-            .bind(digest)
-            .execute(&mut *tx)
-            .await?;
-            let res = sqlx::query("DELETE FROM manifests WHERE repository_id = $1 AND digest = $2")
+            if let Some(tag) = tags.iter().find(|t| protected(t)) {
+                tx.rollback().await?;
+                return Ok(DeleteManifestOutcome::Immutable(tag.clone()));
+            }
+            sqlx::query("DELETE FROM tags WHERE repository_id = $1 AND digest = $2")
                 .bind(repository_id)
                 .bind(digest)
                 .execute(&mut *tx)
                 .await?;
-            if res.rows_affected() == 0 {
+            for tag in &tags {
+                record_tag_move!(tx, repository_id, tag, None::<&str>, Some(digest), now);
+            }
+            if !trash_manifest!(tx, repository_id, digest, now, "") {
                 tx.rollback().await?;
-                return Ok(None);
+                return Ok(DeleteManifestOutcome::NotFound);
             }
             tx.commit().await?;
-            Ok(Some(DeletedManifest { tags }))
+            Ok(DeleteManifestOutcome::Deleted(DeletedManifest { tags }))
         })
     }
 
@@ -1365,6 +1610,8 @@ impl MetadataStore for SqlStore {
                 .await?;
             for stmt in [
                 "DELETE FROM tags WHERE repository_id = $1",
+                "DELETE FROM tag_history WHERE repository_id = $1",
+                "DELETE FROM deleted_manifests WHERE repository_id = $1",
                 "DELETE FROM manifest_references WHERE repository_id = $1",
                 "DELETE FROM manifests WHERE repository_id = $1",
                 "DELETE FROM repository_blobs WHERE repository_id = $1",
@@ -1537,19 +1784,28 @@ mod tests {
         assert!(s.advance_upload("u1", 0, 10, &[9], "").await.unwrap());
         assert!(!s.advance_upload("u1", 0, 20, &[9], "").await.unwrap());
         assert_eq!(s.upload("u1").await.unwrap().unwrap().size, 10);
-        assert_eq!(s.commit_blob(repo, D1, 10, "k1", "u1").await.unwrap(), "k1");
+        let committed = |k: &str| CommitOutcome::Committed {
+            storage_key: k.into(),
+        };
+        assert_eq!(
+            s.commit_blob(repo, D1, 10, "k1", "u1").await.unwrap(),
+            committed("k1")
+        );
         assert_eq!(
             s.commit_blob(other, D1, 10, "k2", "gone").await.unwrap(),
-            "k1"
+            committed("k1")
         );
         assert!(s.unlink_blob(other, D1).await.unwrap());
         assert!(s.upload("u1").await.unwrap().is_none());
         let b = s.repository_blob(repo, D1).await.unwrap().unwrap();
         assert_eq!((b.size, b.storage_key.as_str()), (10, "k1"));
         assert!(s.repository_blob(other, D1).await.unwrap().is_none());
-        assert!(s.link_blob(other, D1).await.unwrap());
-        assert!(s.link_blob(other, D1).await.unwrap());
-        assert!(!s.link_blob(other, D2).await.unwrap());
+        assert_eq!(s.link_blob(other, D1).await.unwrap(), LinkOutcome::Linked);
+        assert_eq!(s.link_blob(other, D1).await.unwrap(), LinkOutcome::Linked);
+        assert_eq!(
+            s.link_blob(other, D2).await.unwrap(),
+            LinkOutcome::UnknownBlob
+        );
 
         let m = NewManifest {
             repository_id: repo,
@@ -1562,6 +1818,7 @@ mod tests {
             blob_refs: vec![D1.into(), D2.into()],
             manifest_refs: vec![],
             tag: Some("v1".into()),
+            immutable_tag: false,
         };
         assert_eq!(
             s.put_manifest(&m).await.unwrap(),
@@ -1625,9 +1882,16 @@ mod tests {
         );
         assert!(s.delete_tag(repo, "a").await.unwrap());
         assert!(!s.delete_tag(repo, "a").await.unwrap());
-        let deleted = s.delete_manifest(repo, M1).await.unwrap().unwrap();
+        let DeleteManifestOutcome::Deleted(deleted) =
+            s.delete_manifest(repo, M1, &|_| false).await.unwrap()
+        else {
+            panic!("not deleted")
+        };
         assert_eq!(deleted.tags.len(), 4);
-        assert!(s.delete_manifest(repo, M1).await.unwrap().is_none());
+        assert_eq!(
+            s.delete_manifest(repo, M1, &|_| false).await.unwrap(),
+            DeleteManifestOutcome::NotFound
+        );
         assert!(s.list_tags(repo, None, 100).await.unwrap().is_empty());
         let all = RepositoryFilter::All;
         assert_eq!(

@@ -6,6 +6,7 @@
 
 pub mod digest;
 pub mod error;
+pub mod glob;
 pub mod manifest;
 pub mod media_types;
 pub mod name;
@@ -13,6 +14,7 @@ pub mod reference;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::ErrorCode;
+pub use glob::glob_match;
 pub use manifest::{Descriptor, ManifestError, ManifestKind, ParsedManifest};
 pub use name::{NameError, RepositoryName};
 pub use reference::{Reference, is_valid_tag, referrers_tag};

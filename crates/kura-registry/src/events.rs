@@ -38,11 +38,47 @@ pub enum RegistryEvent {
         repository: String,
         digest: String,
         tags: Vec<String>,
+        cause: DeleteCause,
+    },
+    /// A tag was pointed back at an earlier manifest from its history.
+    TagRestored {
+        repository: String,
+        tag: String,
+        digest: String,
+        previous: Option<String>,
+    },
+    /// A garbage-collection run finished (dry runs included).
+    GarbageCollected {
+        run_id: i64,
+        dry_run: bool,
+        blobs: u64,
+        bytes: u64,
+        manifests: u64,
+    },
+    /// A retention run finished.
+    RetentionApplied {
+        run_id: i64,
+        project: String,
+        dry_run: bool,
+        deleted: u64,
     },
     TagDeleted {
         repository: String,
         tag: String,
     },
+}
+
+/// Who removed a manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteCause {
+    /// A client's DELETE (distribution or management API).
+    Client,
+    /// A retention policy.
+    Retention,
+    /// Garbage collection (untagged manifests, accessories whose subject is gone).
+    GarbageCollection,
+    /// It was an accessory (referrer) of a manifest deleted for one of the other causes.
+    FollowedSubject,
 }
 
 pub trait EventSink: Send + Sync + 'static {

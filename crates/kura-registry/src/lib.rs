@@ -11,20 +11,24 @@
 mod blobs;
 mod error;
 mod events;
+pub mod gc;
 mod locks;
 mod manifests;
+pub mod policy;
 mod pulls;
+pub mod retention;
+pub mod schedule;
 mod uploads;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kura_metadata::{MetadataStore, RepositoryFilter};
+use kura_metadata::{Metadata, RepositoryFilter};
 use kura_oci::RepositoryName;
 use kura_storage::BlobStore;
 
 pub use error::{RegistryError, Result};
-pub use events::{EventSink, RegistryEvent};
+pub use events::{DeleteCause, EventSink, RegistryEvent};
 pub use manifests::{ManifestContent, ManifestPushed, TagPage};
 pub use pulls::PullRecorder;
 pub use uploads::UploadStatus;
@@ -40,6 +44,40 @@ pub struct RegistryConfig {
     pub upload_expiry: Duration,
     /// Advertised `OCI-Chunk-Min-Length` (bytes); 0 advertises nothing.
     pub chunk_min_length: u64,
+    /// Garbage collection and deleted-manifest retention.
+    pub gc: GcConfig,
+}
+
+/// Garbage-collection settings (`[gc]` in the configuration file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcConfig {
+    /// Blobs, links and manifests touched more recently than this are never collected: the
+    /// window in which a client may push layers and then the manifest that needs them.
+    pub grace: Duration,
+    /// Deleted manifests stay restorable (and keep what they reference) this long.
+    pub deleted_manifest_retention: Duration,
+    /// Scheduled runs also delete untagged manifests nothing references.
+    pub delete_untagged: bool,
+    /// Cron expression (with seconds, UTC) for scheduled runs; `None`: on demand only.
+    pub schedule: Option<String>,
+    /// Rows per transaction.
+    pub batch_size: u32,
+    /// A running run whose heartbeat is older than this is taken to have crashed and is
+    /// resumed by the next run request or schedule tick.
+    pub stale_after: Duration,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            grace: Duration::from_secs(3600),
+            deleted_manifest_retention: Duration::from_secs(24 * 3600),
+            delete_untagged: false,
+            schedule: None,
+            batch_size: 500,
+            stale_after: Duration::from_secs(120),
+        }
+    }
 }
 
 impl Default for RegistryConfig {
@@ -49,6 +87,7 @@ impl Default for RegistryConfig {
             delete_enabled: true,
             upload_expiry: Duration::from_secs(24 * 3600),
             chunk_min_length: 0,
+            gc: GcConfig::default(),
         }
     }
 }
@@ -60,7 +99,7 @@ pub struct Registry {
 }
 
 struct Inner {
-    meta: Arc<dyn MetadataStore>,
+    meta: Arc<dyn Metadata>,
     store: Arc<dyn BlobStore>,
     config: RegistryConfig,
     sinks: Vec<Arc<dyn EventSink>>,
@@ -69,7 +108,7 @@ struct Inner {
 
 impl Registry {
     pub fn new(
-        meta: Arc<dyn MetadataStore>,
+        meta: Arc<dyn Metadata>,
         store: Arc<dyn BlobStore>,
         config: RegistryConfig,
         sinks: Vec<Arc<dyn EventSink>>,
@@ -89,7 +128,7 @@ impl Registry {
         &self.inner.config
     }
 
-    pub fn metadata(&self) -> &Arc<dyn MetadataStore> {
+    pub fn metadata(&self) -> &Arc<dyn Metadata> {
         &self.inner.meta
     }
 
@@ -188,6 +227,24 @@ impl Registry {
         let Some(rid) = self.repository_id(repo).await? else {
             return Err(RegistryError::name_unknown(repo));
         };
+        let rules = self.immutability_rules_for(repo).await?;
+        if !rules.is_empty() {
+            let mut last: Option<String> = None;
+            loop {
+                let page = self
+                    .inner
+                    .meta
+                    .list_tags(rid, last.as_deref(), 1000)
+                    .await?;
+                if let Some(tag) = page.iter().find(|t| policy::tag_protected(&rules, t)) {
+                    return Err(policy::immutable_error(repo, tag));
+                }
+                match page.last() {
+                    Some(t) if page.len() == 1000 => last = Some(t.clone()),
+                    _ => break,
+                }
+            }
+        }
         let uploads = self.inner.meta.delete_repository(rid).await?;
         for u in uploads {
             let at = kura_storage::UploadPosition {

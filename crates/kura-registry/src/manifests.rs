@@ -7,7 +7,7 @@ use kura_oci::media_types as mt;
 use kura_oci::{Algorithm, Digest, ErrorCode, Reference, RepositoryName};
 use serde_json::{Value, json};
 
-use crate::{Registry, RegistryError, RegistryEvent, Result};
+use crate::{DeleteCause, Registry, RegistryError, RegistryEvent, Result, policy};
 
 /// Outcome of a manifest PUT.
 #[derive(Debug, Clone)]
@@ -93,9 +93,16 @@ impl Registry {
             blob_refs: dedup(parsed.blobs.iter().map(|d| d.digest.to_string())),
             manifest_refs: dedup(parsed.children.iter().map(|d| d.digest.to_string())),
             tag: tag.clone(),
+            immutable_tag: match &tag {
+                Some(t) => policy::tag_protected(&self.immutability_rules_for(repo).await?, t),
+                None => false,
+            },
         };
         match self.inner.meta.put_manifest(&new).await? {
             PutManifestOutcome::Stored => {}
+            PutManifestOutcome::TagImmutable => {
+                return Err(policy::immutable_error(repo, tag.as_deref().unwrap_or("")));
+            }
             PutManifestOutcome::MissingReferences(missing) => {
                 return Err(RegistryError::new(
                     ErrorCode::ManifestBlobUnknown,
@@ -180,6 +187,16 @@ impl Registry {
         };
         match reference {
             Reference::Tag(tag) => {
+                if policy::tag_protected(&self.immutability_rules_for(repo).await?, tag)
+                    && self
+                        .inner
+                        .meta
+                        .manifest_by_tag(rid, tag, false)
+                        .await?
+                        .is_some()
+                {
+                    return Err(policy::immutable_error(repo, tag));
+                }
                 if !self.inner.meta.delete_tag(rid, tag).await? {
                     return Err(RegistryError::manifest_unknown(&reference_s));
                 }
@@ -189,17 +206,8 @@ impl Registry {
                 });
             }
             Reference::Digest(d) => {
-                let deleted = self
-                    .inner
-                    .meta
-                    .delete_manifest(rid, &d.to_string())
-                    .await?
-                    .ok_or_else(|| RegistryError::manifest_unknown(&reference_s))?;
-                self.emit(RegistryEvent::ManifestDeleted {
-                    repository: repo.to_string(),
-                    digest: d.to_string(),
-                    tags: deleted.tags,
-                });
+                self.delete_manifest_by_digest(repo, rid, &d.to_string(), DeleteCause::Client)
+                    .await?;
             }
         }
         Ok(())

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use kura_metadata::{UploadRecord, now_ms};
+use kura_metadata::{CommitOutcome, LinkOutcome, UploadRecord, now_ms};
 use kura_oci::{Algorithm, Digest, ErrorCode, Hasher, RepositoryName};
 use kura_storage::{ChunkSource, StorageError, UploadPosition};
 
@@ -279,7 +279,7 @@ impl Registry {
                 return Err(mismatch(&actual));
             }
         }
-        let recorded = self
+        let outcome = self
             .inner
             .meta
             .commit_blob(
@@ -290,6 +290,21 @@ impl Registry {
                 &upload.id,
             )
             .await?;
+        let recorded = match outcome {
+            CommitOutcome::Committed { storage_key } => storage_key,
+            CommitOutcome::QuotaExceeded { exceeded, .. } => {
+                // Nothing was recorded: drop the bytes and the session, so a refused push
+                // leaves nothing behind (and nothing counted).
+                if let Err(e) = self.inner.store.delete_blob(&key).await {
+                    tracing::warn!(%key, error = %e, "could not remove a blob refused by quota");
+                }
+                self.discard_upload(&upload.id, &at).await;
+                return Err(crate::policy::quota_error(
+                    kura_metadata::project_of(repo.as_str()),
+                    &exceeded,
+                ));
+            }
+        };
         if recorded != key {
             // The same content was committed earlier under another key: keep one copy.
             if let Err(e) = self.inner.store.delete_blob(&key).await {
@@ -389,7 +404,16 @@ impl Registry {
             return Ok(false);
         }
         let repository_id = self.inner.meta.ensure_repository(repo.as_str()).await?;
-        let linked = self.inner.meta.link_blob(repository_id, &digest_s).await?;
+        let linked = match self.inner.meta.link_blob(repository_id, &digest_s).await? {
+            LinkOutcome::Linked => true,
+            LinkOutcome::UnknownBlob => false,
+            LinkOutcome::QuotaExceeded(q) => {
+                return Err(crate::policy::quota_error(
+                    kura_metadata::project_of(repo.as_str()),
+                    &q,
+                ));
+            }
+        };
         if linked {
             self.emit(RegistryEvent::BlobMounted {
                 repository: repo.to_string(),

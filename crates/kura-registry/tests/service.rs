@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream;
-use kura_metadata::MetadataStore;
 use kura_metadata::sql::{SqlOptions, SqlStore};
 use kura_oci::{Algorithm, Digest, ErrorCode, Reference, RepositoryName};
 use kura_registry::{EventSink, Registry, RegistryConfig, RegistryEvent};
@@ -36,7 +35,7 @@ async fn env_with(config: RegistryConfig) -> Env {
             .unwrap(),
     );
     let url = format!("sqlite://{}", dir.path().join("kura.db").display());
-    let meta: Arc<dyn MetadataStore> = Arc::new(
+    let meta: Arc<dyn kura_metadata::Metadata> = Arc::new(
         SqlStore::connect(&url, &SqlOptions::default())
             .await
             .unwrap(),

@@ -22,8 +22,9 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::auth::api_error;
+use crate::lifecycle_api as lc;
 
-type ApiResult = Result<Response, Response>;
+pub(crate) type ApiResult = Result<Response, Response>;
 
 /// Page size cap of list endpoints.
 const MAX_PAGE: u32 = 1000;
@@ -40,7 +41,8 @@ const MAX_PAGE: u32 = 1000;
     modifiers(&Security),
     tags(
         (name = "users"), (name = "projects"), (name = "members"), (name = "robots"),
-                (name = "settings"), (name = "search"), (name = "repositories"), (name = "artifacts")
+                (name = "settings"), (name = "search"), (name = "repositories"), (name = "artifacts"),
+                (name = "lifecycle")
     )
 )]
 struct ApiDoc;
@@ -82,6 +84,24 @@ pub fn routes() -> Router<AppState> {
         .routes(routes!(list_artifacts))
         .routes(routes!(delete_artifact))
         .routes(routes!(delete_artifact_tag))
+        .routes(routes!(lc::start_gc, lc::list_gc_runs))
+        .routes(routes!(lc::get_gc_run))
+        .routes(routes!(lc::system_storage))
+        .routes(routes!(lc::project_storage))
+        .routes(routes!(lc::get_quota, lc::put_quota))
+        .routes(routes!(
+            lc::list_immutability_rules,
+            lc::add_immutability_rule
+        ))
+        .routes(routes!(lc::delete_immutability_rule))
+        .routes(routes!(
+            lc::get_retention,
+            lc::put_retention,
+            lc::delete_retention
+        ))
+        .routes(routes!(lc::run_retention, lc::list_retention_runs))
+        .routes(routes!(lc::tag_history))
+        .routes(routes!(lc::restore_tag))
         .split_for_parts();
     let doc = std::sync::Arc::new(doc);
     router.route(
@@ -97,7 +117,7 @@ pub fn routes() -> Router<AppState> {
 
 /// An error answer.
 #[derive(Serialize, ToSchema)]
-struct ErrorBody {
+pub(crate) struct ErrorBody {
     errors: Vec<ErrorItem>,
 }
 
@@ -188,7 +208,7 @@ struct SearchResult {
     is_automated: bool,
 }
 
-fn time(ms: i64) -> String {
+pub(crate) fn time(ms: i64) -> String {
     rfc3339((ms.max(0) / 1000) as u64)
 }
 
@@ -254,7 +274,7 @@ impl From<&RobotRecord> for RobotOut {
 
 // --- plumbing ----------------------------------------------------------------------------------
 
-fn error(e: AuthError) -> Response {
+pub(crate) fn error(e: AuthError) -> Response {
     match e {
         AuthError::BadCredentials | AuthError::Unauthenticated => {
             let mut r = api_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", &e.to_string());
@@ -285,7 +305,7 @@ fn error(e: AuthError) -> Response {
 }
 
 /// Authenticates a management request (Basic or a token from `/token`).
-async fn who(state: &AppState, headers: &HeaderMap) -> Result<Identity, Response> {
+pub(crate) async fn who(state: &AppState, headers: &HeaderMap) -> Result<Identity, Response> {
     if state.auth.mode() == AuthMode::Open {
         return Err(api_error(
             StatusCode::NOT_FOUND,
@@ -993,9 +1013,11 @@ struct ArtifactOut {
     last_pulled_at: Option<String>,
 }
 
-fn registry_error(e: kura_registry::RegistryError) -> Response {
+pub(crate) fn registry_error(e: kura_registry::RegistryError) -> Response {
     let (status, code) = match e.status {
         404 => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+        403 => (StatusCode::FORBIDDEN, "DENIED"),
+        409 => (StatusCode::CONFLICT, "CONFLICT"),
         405 => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
         400 => (StatusCode::BAD_REQUEST, "INVALID"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
@@ -1005,7 +1027,7 @@ fn registry_error(e: kura_registry::RegistryError) -> Response {
 
 /// `project/repository` from the path parts, checked, and the caller's right to `action` on
 /// it (404 when the caller cannot even see the project, so names do not leak).
-async fn repository_access(
+pub(crate) async fn repository_access(
     state: &AppState,
     identity: &Identity,
     project: &str,
@@ -1158,7 +1180,8 @@ async fn list_artifacts(
     ))
 }
 
-/// Delete an artifact (a manifest by digest) with all its tags.
+/// Delete an artifact (a manifest by digest) with all its tags and its accessories
+/// (signatures, SBOMs and other referrers, and cosign-style `sha256-…` tags).
 #[utoipa::path(delete, path = "/api/v1/projects/{name}/repositories/{repository}/artifacts/{digest}", tag = "artifacts",
     params(("name" = String, Path), ("repository" = String, Path), ("digest" = String, Path)),
     security(("basic" = []), ("bearer" = [])),
@@ -1180,7 +1203,7 @@ async fn delete_artifact(
     })?;
     state
         .registry
-        .delete_manifest(&repo, &kura_oci::Reference::Digest(digest))
+        .delete_artifact(&repo, &digest, kura_registry::DeleteCause::Client)
         .await
         .map_err(registry_error)?;
     Ok(StatusCode::NO_CONTENT.into_response())

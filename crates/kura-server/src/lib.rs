@@ -12,6 +12,7 @@ mod api;
 mod auth;
 mod errors;
 mod health;
+mod lifecycle_api;
 mod range;
 mod v2;
 mod v2_route;
@@ -93,6 +94,21 @@ pub fn spawn_upload_expiry(registry: Registry, every: Duration) -> tokio::task::
             tick.tick().await;
             if let Err(e) = registry.purge_stale_uploads().await {
                 tracing::warn!(error = %e, "upload expiry sweep failed");
+            }
+        }
+    })
+}
+
+/// Ticks the lifecycle scheduler (cron-scheduled GC and retention, resumption of an
+/// interrupted GC run).
+pub fn spawn_scheduler(registry: Registry, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = registry.schedule_tick().await {
+                tracing::warn!(error = %e, "lifecycle scheduler tick failed");
             }
         }
     })

@@ -618,9 +618,16 @@ async fn start_upload(
         // send it), unless it really is the empty blob.
         let empty_blob = digest == digest.algorithm().digest_of(b"");
         if has_body(headers) || empty_blob {
+            let mut stream = body_stream(body);
+            if let Some(len) = content_length(headers)
+                && let Err(e) = state.registry.check_quota(&repo, len).await
+            {
+                drain(&mut stream).await;
+                return Err(ApiError::from(e).in_repo(&repo));
+            }
             state
                 .registry
-                .push_blob(&repo, &digest, &mut body_stream(body))
+                .push_blob(&repo, &digest, &mut stream)
                 .await
                 .map_err(|e| ApiError::from(e).in_repo(&repo))?;
             return Ok(blob_created(&repo, &digest));
@@ -698,6 +705,16 @@ async fn patch_upload(
             return Err(e.in_repo(&repo));
         }
     };
+    // Refuse data that cannot fit the project's quota before accepting any of it.
+    if let Some(len) = content_length(headers)
+        && let Err(e) = state
+            .registry
+            .check_upload_quota(&repo, Some(id), len)
+            .await
+    {
+        drain(&mut stream).await;
+        return Err(ApiError::from(e).in_repo(&repo));
+    }
     let result = state
         .registry
         .append_upload(&repo, id, start, &mut stream)
@@ -731,6 +748,15 @@ async fn put_upload(
     };
     if has_body(headers) {
         let mut stream = body_stream(body);
+        if let Some(len) = content_length(headers)
+            && let Err(e) = state
+                .registry
+                .check_upload_quota(&repo, Some(id), len)
+                .await
+        {
+            drain(&mut stream).await;
+            return Err(ApiError::from(e).in_repo(&repo));
+        }
         let appended = match content_range(headers) {
             Ok(start) => state
                 .registry

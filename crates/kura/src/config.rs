@@ -22,6 +22,19 @@ pub struct FileConfig {
     pub metadata: MetadataSection,
     #[serde(default)]
     pub auth: AuthSection,
+    #[serde(default)]
+    pub gc: GcSection,
+}
+
+/// `[gc]`: garbage collection.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcSection {
+    pub grace_secs: Option<u64>,
+    pub deleted_manifest_retention_secs: Option<u64>,
+    pub delete_untagged: Option<bool>,
+    pub schedule: Option<String>,
+    pub batch_size: Option<u32>,
 }
 
 /// `[auth]`: access control.
@@ -231,6 +244,19 @@ pub struct ServeArgs {
     /// Maximum pooled database connections [default: 16].
     #[arg(long, env = "KURA_METADATA_MAX_CONNECTIONS")]
     pub metadata_max_connections: Option<u32>,
+    /// Garbage collection never touches what was pushed, mounted or referenced more recently
+    /// than this many seconds [default: 3600].
+    #[arg(long, env = "KURA_GC_GRACE_SECS")]
+    pub gc_grace_secs: Option<u64>,
+    /// Deleted manifests stay restorable (tag history) for this many seconds [default: 86400].
+    #[arg(long, env = "KURA_GC_DELETED_MANIFEST_RETENTION_SECS")]
+    pub gc_deleted_manifest_retention_secs: Option<u64>,
+    /// Scheduled GC runs also delete untagged manifests nothing references [default: false].
+    #[arg(long, env = "KURA_GC_DELETE_UNTAGGED")]
+    pub gc_delete_untagged: Option<bool>,
+    /// Cron schedule of GC runs, UTC (5 fields, or 6 with seconds first) [default: none].
+    #[arg(long, env = "KURA_GC_SCHEDULE")]
+    pub gc_schedule: Option<String>,
 }
 
 /// Which blob store to use, with its settings.
@@ -261,6 +287,7 @@ pub struct Settings {
     pub auth_realm: Option<String>,
     pub auth_service: String,
     pub auth_ldap: Option<LdapSection>,
+    pub gc: kura_registry::GcConfig,
 }
 
 impl Settings {
@@ -330,6 +357,32 @@ impl Settings {
         };
         let r = file.registry;
         let a = file.auth;
+        let g = file.gc;
+        let defaults = kura_registry::GcConfig::default();
+        let gc_schedule = args.gc_schedule.clone().or(g.schedule);
+        if let Some(expr) = &gc_schedule {
+            kura_registry::schedule::parse_schedule(expr)
+                .map_err(|e| format!("gc.schedule: {e}"))?;
+        }
+        let gc = kura_registry::GcConfig {
+            grace: args
+                .gc_grace_secs
+                .or(g.grace_secs)
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.grace),
+            deleted_manifest_retention: args
+                .gc_deleted_manifest_retention_secs
+                .or(g.deleted_manifest_retention_secs)
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.deleted_manifest_retention),
+            delete_untagged: args
+                .gc_delete_untagged
+                .or(g.delete_untagged)
+                .unwrap_or(defaults.delete_untagged),
+            schedule: gc_schedule,
+            batch_size: g.batch_size.unwrap_or(defaults.batch_size).clamp(1, 10_000),
+            stale_after: defaults.stale_after,
+        };
         Ok(Settings {
             listen: args
                 .listen
@@ -391,6 +444,7 @@ impl Settings {
                 .or(a.service)
                 .unwrap_or_else(|| "kura".into()),
             data_dir,
+            gc,
         })
     }
 }

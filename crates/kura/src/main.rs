@@ -1,6 +1,7 @@
 //! The `kura` binary: `kura serve` runs the registry; client commands come later.
 
 mod config;
+mod gc;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -28,11 +29,20 @@ enum Command {
     ///   kura serve --listen 0.0.0.0:5000 --data-dir /var/lib/kura
     ///   KURA_LOG_FORMAT=json kura serve --config /etc/kura/kura.toml
     Serve(config::ServeArgs),
+    /// Run garbage collection once against the configured backends and print the result.
+    ///
+    /// Online: servers on the same backends keep serving pushes and pulls meanwhile.
+    ///
+    /// Examples:
+    ///   kura gc --dry-run --config /etc/kura/kura.toml
+    ///   kura gc --delete-untagged --data-dir /var/lib/kura
+    Gc(gc::GcArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Gc(args) => gc::run(args),
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kura_auth::{Auth, AuthConfig, AuthMode};
 use kura_metadata::sql::SqlOptions;
-use kura_metadata::{AccessStore, MetadataStore};
+use kura_metadata::{AccessStore, Metadata, MetadataStore};
 use kura_registry::{PullRecorder, Registry, RegistryConfig};
 use kura_storage::{BlobStore, Durability, FsBlobStore, S3BlobStore};
 use tracing_subscriber::EnvFilter;
@@ -45,7 +45,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+pub(crate) fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -56,7 +56,10 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn serve(s: Settings) -> Result<(), String> {
+/// The configured backends, opened (migrations applied).
+pub(crate) async fn open_backends(
+    s: &Settings,
+) -> Result<(Arc<dyn BlobStore>, Arc<kura_metadata::SqlStore>), String> {
     std::fs::create_dir_all(&s.data_dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", s.data_dir.display()))?;
     let durability = match s.durability {
@@ -86,8 +89,34 @@ async fn serve(s: Settings) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot open metadata store: {e}"))?,
     );
+    Ok((store, sql))
+}
+
+/// The registry service over opened backends.
+pub(crate) fn registry(
+    s: &Settings,
+    store: Arc<dyn BlobStore>,
+    meta: Arc<dyn Metadata>,
+    sinks: Vec<Arc<dyn kura_registry::EventSink>>,
+) -> Registry {
+    Registry::new(
+        meta,
+        store,
+        RegistryConfig {
+            max_manifest_size: s.max_manifest_size,
+            delete_enabled: s.delete_enabled,
+            upload_expiry: s.upload_expiry,
+            chunk_min_length: s.chunk_min_length,
+            gc: s.gc.clone(),
+        },
+        sinks,
+    )
+}
+
+async fn serve(s: Settings) -> Result<(), String> {
+    let (store, sql) = open_backends(&s).await?;
     let meta: Arc<dyn MetadataStore> = sql.clone();
-    let access: Arc<dyn AccessStore> = sql;
+    let access: Arc<dyn AccessStore> = sql.clone();
     let auth = Arc::new(
         Auth::new(
             access,
@@ -126,18 +155,9 @@ async fn serve(s: Settings) -> Result<(), String> {
     let pull_flusher = pulls
         .clone()
         .spawn_flusher(meta.clone(), Duration::from_secs(5));
-    let registry = Registry::new(
-        meta,
-        store,
-        RegistryConfig {
-            max_manifest_size: s.max_manifest_size,
-            delete_enabled: s.delete_enabled,
-            upload_expiry: s.upload_expiry,
-            chunk_min_length: s.chunk_min_length,
-        },
-        vec![pulls],
-    );
+    let registry = registry(&s, store, sql, vec![pulls]);
     let expiry = kura_server::spawn_upload_expiry(registry.clone(), s.upload_sweep);
+    let scheduler = kura_server::spawn_scheduler(registry.clone(), Duration::from_secs(1));
     let app = kura_server::router(kura_server::AppState {
         registry,
         auth,
@@ -155,6 +175,7 @@ async fn serve(s: Settings) -> Result<(), String> {
     let _ = std::io::stdout().flush();
     let result = kura_server::serve(listener, app, shutdown_signal()).await;
     expiry.abort();
+    scheduler.abort();
     pull_flusher.abort();
     result.map_err(|e| format!("server error: {e}"))
 }

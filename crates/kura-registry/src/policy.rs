@@ -1,0 +1,342 @@
+//! Project policies applied on the data path: storage quotas, tag immutability, tag history
+//! and restore, and deletes in which accessories (referrers) follow their subject.
+
+use kura_metadata::{
+    DeleteManifestOutcome, ImmutabilityRule, ProjectUsage, QuotaExceeded, RestoreOutcome,
+    TagHistoryEntry, project_of,
+};
+use kura_oci::{ErrorCode, RepositoryName, glob_match};
+use serde_json::json;
+
+use crate::{DeleteCause, Registry, RegistryError, RegistryEvent, Result};
+
+/// The repository path inside its project, which rules' repository globs match.
+pub fn path_in_project(repository: &str) -> &str {
+    let project = project_of(repository);
+    repository
+        .strip_prefix(project)
+        .map(|r| r.trim_start_matches('/'))
+        .unwrap_or("")
+}
+
+/// Tags clients derive from a digest for signatures, attestations and SBOMs
+/// (`sha256-<hex>` with an optional `.sig`/`.att`/... suffix, and the referrers fallback tag).
+/// They belong to their subject and are never immutable: an immutable release must still
+/// accept new signatures (Harbor#17332).
+pub fn is_accessory_tag(tag: &str) -> bool {
+    let Some(rest) = tag
+        .strip_prefix("sha256-")
+        .or_else(|| tag.strip_prefix("sha512-"))
+    else {
+        return false;
+    };
+    let hex_len = rest
+        .bytes()
+        .take_while(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        .count();
+    (hex_len == 64 || hex_len == 128)
+        && (rest.len() == hex_len || rest.as_bytes().get(hex_len) == Some(&b'.'))
+}
+
+/// Whether an immutability rule protects `tag` (rules already filtered by repository).
+pub fn tag_protected(rules: &[ImmutabilityRule], tag: &str) -> bool {
+    !is_accessory_tag(tag) && rules.iter().any(|r| glob_match(&r.tags, tag))
+}
+
+pub fn immutable_error(repo: &RepositoryName, tag: &str) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::Denied,
+        format!(
+            "tag {tag:?} of repository {repo} is immutable: it cannot be overwritten or deleted \
+             (an immutability rule of project {:?} matches it)",
+            project_of(repo.as_str())
+        ),
+    )
+    .with_detail(json!({ "reason": "tag immutable", "repository": repo.as_str(), "tag": tag }))
+}
+
+pub fn quota_error(project: &str, q: &QuotaExceeded) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::Denied,
+        format!(
+            "storage quota of project {project:?} exceeded: {} bytes in use + {} bytes requested \
+             > limit of {} bytes",
+            q.usage, q.requested, q.limit
+        ),
+    )
+    .with_detail(json!({
+        "reason": "quota exceeded",
+        "project": project,
+        "usage": q.usage,
+        "requested": q.requested,
+        "limit": q.limit,
+    }))
+}
+
+impl Registry {
+    /// Immutability rules of `repo`'s project whose repository glob matches it.
+    pub async fn immutability_rules_for(
+        &self,
+        repo: &RepositoryName,
+    ) -> Result<Vec<ImmutabilityRule>> {
+        let path = path_in_project(repo.as_str());
+        let rules = self
+            .inner
+            .meta
+            .immutability_rules(project_of(repo.as_str()))
+            .await?;
+        Ok(rules
+            .into_iter()
+            .filter(|r| glob_match(&r.repositories, path))
+            .collect())
+    }
+
+    /// Refuses, before any byte is read, data of known size that cannot fit the project's
+    /// quota. The commit re-checks exactly (the blob may turn out to be shared).
+    pub async fn check_quota(&self, repo: &RepositoryName, incoming: u64) -> Result<()> {
+        let project = project_of(repo.as_str());
+        let usage = self.inner.meta.project_usage(project).await?;
+        if let Some(limit) = usage.limit
+            && usage.bytes.saturating_add(incoming) > limit
+        {
+            return Err(quota_error(
+                project,
+                &QuotaExceeded {
+                    usage: usage.bytes,
+                    requested: incoming,
+                    limit,
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`Registry::check_quota`] for data arriving into an upload session: what the session
+    /// already holds counts too.
+    pub async fn check_upload_quota(
+        &self,
+        repo: &RepositoryName,
+        upload_id: Option<&str>,
+        incoming: u64,
+    ) -> Result<()> {
+        let held = match upload_id {
+            Some(id) => self
+                .inner
+                .meta
+                .upload(id)
+                .await?
+                .map(|u| u.size)
+                .unwrap_or(0),
+            None => 0,
+        };
+        self.check_quota(repo, held.saturating_add(incoming)).await
+    }
+
+    pub async fn project_usage(&self, project: &str) -> Result<ProjectUsage> {
+        Ok(self.inner.meta.project_usage(project).await?)
+    }
+
+    /// Tag moves of `tag`, newest first.
+    pub async fn tag_history(
+        &self,
+        repo: &RepositoryName,
+        tag: &str,
+        limit: u32,
+    ) -> Result<Vec<TagHistoryEntry>> {
+        let Some(rid) = self.repository_id(repo).await? else {
+            return Err(RegistryError::name_unknown(repo));
+        };
+        Ok(self.inner.meta.tag_history(rid, tag, limit).await?)
+    }
+
+    /// Points `tag` back at `digest`, restoring the manifest if it was deleted and is still
+    /// within the deleted-manifest retention period.
+    pub async fn restore_tag(
+        &self,
+        repo: &RepositoryName,
+        tag: &str,
+        digest: &kura_oci::Digest,
+    ) -> Result<Option<String>> {
+        let Some(rid) = self.repository_id(repo).await? else {
+            return Err(RegistryError::name_unknown(repo));
+        };
+        let immutable = tag_protected(&self.immutability_rules_for(repo).await?, tag);
+        match self
+            .inner
+            .meta
+            .restore_tag(rid, tag, &digest.to_string(), immutable)
+            .await?
+        {
+            RestoreOutcome::Restored { previous } => {
+                self.emit(RegistryEvent::TagRestored {
+                    repository: repo.to_string(),
+                    tag: tag.to_string(),
+                    digest: digest.to_string(),
+                    previous: previous.clone(),
+                });
+                Ok(previous)
+            }
+            RestoreOutcome::ManifestGone => Err(RegistryError::manifest_unknown(digest)
+                .with_detail(json!({
+                    "reason": "the manifest no longer exists (deleted longer ago than the \
+                               retention period of deleted manifests)"
+                }))),
+            RestoreOutcome::MissingReferences(missing) => Err(RegistryError::new(
+                ErrorCode::ManifestBlobUnknown,
+                "the manifest references content no longer in the repository",
+            )
+            .with_detail(json!({ "missing": missing }))),
+            RestoreOutcome::Immutable => Err(immutable_error(repo, tag)),
+        }
+    }
+
+    /// Deletes one manifest (refused when one of its tags is immutable) and announces it.
+    pub(crate) async fn delete_manifest_by_digest(
+        &self,
+        repo: &RepositoryName,
+        rid: i64,
+        digest: &str,
+        cause: DeleteCause,
+    ) -> Result<Vec<String>> {
+        let rules = self.immutability_rules_for(repo).await?;
+        let guard = |t: &str| tag_protected(&rules, t);
+        match self.inner.meta.delete_manifest(rid, digest, &guard).await? {
+            DeleteManifestOutcome::Deleted(d) => {
+                self.emit(RegistryEvent::ManifestDeleted {
+                    repository: repo.to_string(),
+                    digest: digest.to_string(),
+                    tags: d.tags.clone(),
+                    cause,
+                });
+                Ok(d.tags)
+            }
+            DeleteManifestOutcome::NotFound => Err(RegistryError::manifest_unknown(digest)),
+            DeleteManifestOutcome::Immutable(tag) => Err(immutable_error(repo, &tag)),
+        }
+    }
+
+    /// Deletes an artifact together with its accessories: every manifest whose subject it is
+    /// (signatures, SBOMs, attestations), recursively, and tags that name its digest the way
+    /// cosign does (`sha256-<hex>.sig`). Accessories go first, so a failure never leaves an
+    /// accessory without its subject. Returns the digests deleted.
+    pub async fn delete_artifact(
+        &self,
+        repo: &RepositoryName,
+        digest: &kura_oci::Digest,
+        cause: DeleteCause,
+    ) -> Result<Vec<String>> {
+        self.require_delete_enabled()?;
+        let Some(rid) = self.repository_id(repo).await? else {
+            return Err(RegistryError::manifest_unknown(digest));
+        };
+        let root = digest.to_string();
+        if self
+            .inner
+            .meta
+            .manifest_by_digest(rid, &root, false)
+            .await?
+            .is_none()
+        {
+            return Err(RegistryError::manifest_unknown(&root));
+        }
+        // Collect the accessory tree breadth-first (bounded: a cycle is impossible, subjects
+        // are content-addressed, but stay defensive).
+        let mut order = vec![root.clone()];
+        let mut i = 0;
+        while i < order.len() && order.len() < 10_000 {
+            let subject = order[i].clone();
+            for r in self.inner.meta.referrers(rid, &subject, None).await? {
+                if !order.contains(&r.digest) {
+                    order.push(r.digest);
+                }
+            }
+            let hex_tag = subject.replacen(':', "-", 1);
+            for tag in self
+                .inner
+                .meta
+                .list_tags(rid, Some(&hex_tag), 1000)
+                .await?
+                .into_iter()
+                .take_while(|t| t.starts_with(&hex_tag))
+            {
+                if let Some(m) = self.inner.meta.manifest_by_tag(rid, &tag, false).await?
+                    && !order.contains(&m.digest)
+                {
+                    order.push(m.digest);
+                }
+            }
+            // The exact tag `sha256-<hex>` (list_tags starts after it).
+            if let Some(m) = self
+                .inner
+                .meta
+                .manifest_by_tag(rid, &hex_tag, false)
+                .await?
+                && !order.contains(&m.digest)
+            {
+                order.push(m.digest);
+            }
+            i += 1;
+        }
+        let rules = self.immutability_rules_for(repo).await?;
+        // Check the root's own tags before touching accessories.
+        if let Some(tag) = self
+            .inner
+            .meta
+            .list_artifacts(rid, None, u32::MAX)
+            .await?
+            .into_iter()
+            .find(|a| a.digest == root)
+            .and_then(|a| a.tags.into_iter().find(|t| tag_protected(&rules, t)))
+        {
+            return Err(immutable_error(repo, &tag));
+        }
+        let mut deleted = Vec::new();
+        for d in order.iter().rev() {
+            let c = if *d == root {
+                cause
+            } else {
+                DeleteCause::FollowedSubject
+            };
+            match self.delete_manifest_by_digest(repo, rid, d, c).await {
+                Ok(_) => deleted.push(d.clone()),
+                Err(e) if e.code == ErrorCode::ManifestUnknown => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accessory_tags() {
+        let hex = "a".repeat(64);
+        assert!(is_accessory_tag(&format!("sha256-{hex}")));
+        assert!(is_accessory_tag(&format!("sha256-{hex}.sig")));
+        assert!(is_accessory_tag(&format!("sha256-{hex}.att")));
+        assert!(!is_accessory_tag(&format!("sha256-{}", "a".repeat(63))));
+        assert!(!is_accessory_tag("v1.0"));
+        assert!(!is_accessory_tag(&format!("sha256-{hex}x")));
+    }
+
+    #[test]
+    fn paths_and_protection() {
+        assert_eq!(path_in_project("team/app/web"), "app/web");
+        assert_eq!(path_in_project("alpine"), "");
+        let rules = vec![ImmutabilityRule {
+            id: 1,
+            project: "team".into(),
+            repositories: "*".into(),
+            tags: "v*".into(),
+        }];
+        assert!(tag_protected(&rules, "v1.0"));
+        assert!(!tag_protected(&rules, "latest"));
+        assert!(!tag_protected(
+            &rules,
+            &format!("sha256-{}.sig", "b".repeat(64))
+        ));
+    }
+}
