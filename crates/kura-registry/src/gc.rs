@@ -229,6 +229,12 @@ impl Registry {
         let start_phase = PHASES.iter().position(|p| *p == run.phase).unwrap_or(0);
         let mut cursor = run.cursor.clone();
         let outcome: Result<()> = async {
+            if start_phase > 0 {
+                // Resuming: first finish the deletions the interrupted batch had queued.
+                let mut none = String::new();
+                self.gc_phase(run.id, PHASES[0], &params, &mut none, &mut result)
+                    .await?;
+            }
             for phase in &PHASES[start_phase..] {
                 self.gc_phase(run.id, phase, &params, &mut cursor, &mut result)
                     .await?;

@@ -419,3 +419,86 @@ async fn immutable_tags_refuse_moves_and_deletes_but_accept_signatures() {
         3
     );
 }
+
+#[tokio::test]
+async fn an_interrupted_run_resumes_and_finishes_queued_deletions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn BlobStore> = Arc::new(
+        FsBlobStore::open(dir.path().join("blobs"), Durability::Relaxed)
+            .await
+            .unwrap(),
+    );
+    let url = format!("sqlite://{}", dir.path().join("kura.db").display());
+    let sql = Arc::new(
+        SqlStore::connect(&url, &SqlOptions::default())
+            .await
+            .unwrap(),
+    );
+    let mut config = RegistryConfig::default();
+    config.gc.stale_after = std::time::Duration::ZERO;
+    config.gc.batch_size = 2;
+    let reg = Registry::new(sql.clone(), store.clone(), config, vec![]);
+    let repo = name("team/app");
+    let mut unreferenced = Vec::new();
+    for i in 0..5u8 {
+        unreferenced.push(push(&reg, &repo, &[i; 100]).await);
+    }
+    let kept = push(&reg, &repo, b"{}").await;
+    put(
+        &reg,
+        &repo,
+        Reference::Tag("v1".into()),
+        manifest(&kept, &[], None),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+
+    // A process removes the links and the first blob rows, queues their bytes, then dies
+    // before deleting the bytes and before finishing the run.
+    let start = kura_metadata::now_ms();
+    let p = kura_metadata::GcParams {
+        run_start: start,
+        touched_before: start,
+        deleted_before: start,
+        delete_untagged: false,
+    };
+    let params = serde_json::json!({"gc": p, "dry_run": false, "orphans": true}).to_string();
+    let run_id = sql
+        .create_run("gc", None, "test", false, &params, "links", "{}")
+        .await
+        .unwrap();
+    let links = sql.gc_link_candidates(&p, None, 100).await.unwrap();
+    assert_eq!(links.len(), 5);
+    let progress = |_: &[kura_metadata::RepoDigest]| kura_metadata::RunProgress {
+        run_id,
+        phase: "blobs".into(),
+        cursor: String::new(),
+        result: "{}".into(),
+    };
+    sql.gc_delete_links(&p, &links, &progress).await.unwrap();
+    let blobs = sql.gc_blob_candidates(&p, None, 2, true).await.unwrap();
+    let progress = |_: &[kura_metadata::BlobCandidate]| kura_metadata::RunProgress {
+        run_id,
+        phase: "blobs".into(),
+        cursor: blobs.last().unwrap().digest.clone(),
+        result: "{}".into(),
+    };
+    let queued = sql.gc_delete_blobs(&p, &blobs, &progress).await.unwrap();
+    assert_eq!(queued.len(), 2);
+    assert_eq!(store.list_blobs(None, 100).await.unwrap().len(), 6);
+
+    // A new request finds the run stale and resumes it from its cursor.
+    let err = reg.run_gc(GcRequest::default(), "test").await;
+    let run = err.unwrap();
+    assert_eq!(run.id, run_id, "the interrupted run is taken over");
+    assert_eq!(run.status, "succeeded");
+    let r: GcResult = serde_json::from_str(&run.result).unwrap();
+    assert_eq!(r.blobs_deleted, 3, "the rest of the blob phase: {r:?}");
+    // The bytes the dead process had queued were deleted first.
+    assert_eq!(r.pending_completed, 2);
+    assert_eq!(store.list_blobs(None, 100).await.unwrap().len(), 1);
+    assert_eq!(sql.storage_totals().await.unwrap().pending_deletions, 0);
+    reg.get_manifest(&repo, &Reference::Tag("v1".into()), true)
+        .await
+        .unwrap();
+}
