@@ -80,6 +80,9 @@ pub struct GcResult {
     /// Up to 100 `repository-id@digest` manifests removed (or that would be).
     #[serde(default)]
     pub manifest_sample: Vec<String>,
+    /// Wall time spent in each phase, milliseconds (where a run spends its time).
+    #[serde(default)]
+    pub phase_ms: std::collections::BTreeMap<String, u64>,
 }
 
 fn encode_cursor(c: &RepoDigest) -> String {
@@ -236,8 +239,11 @@ impl Registry {
                     .await?;
             }
             for phase in &PHASES[start_phase..] {
+                let started = std::time::Instant::now();
                 self.gc_phase(run.id, phase, &params, &mut cursor, &mut result)
                     .await?;
+                *result.phase_ms.entry(phase.to_string()).or_default() +=
+                    started.elapsed().as_millis() as u64;
                 cursor.clear();
             }
             Ok(())
