@@ -194,7 +194,16 @@ pub trait LifecycleStore: Send + Sync + 'static {
         immutable: bool,
     ) -> Result<RestoreOutcome>;
 
+    /// Who keeps a manifest: the live manifests referencing it (index parents) and its tags.
+    async fn manifest_usage(
+        &self,
+        repository_id: i64,
+        digest: &str,
+    ) -> Result<(Vec<String>, Vec<String>)>;
+
     // --- quotas ---------------------------------------------------------------------------
+    /// Whether a repository of `project` already links the blob (a push of it adds no usage).
+    async fn project_has_blob(&self, project: &str, digest: &str) -> Result<bool>;
     /// Sets or clears a project's storage limit; false when the project does not exist.
     async fn set_storage_limit(&self, project: &str, limit: Option<u64>) -> Result<bool>;
     async fn project_usage(&self, project: &str) -> Result<ProjectUsage>;
@@ -665,6 +674,44 @@ impl LifecycleStore for SqlStore {
             tx.commit().await?;
             Ok(RestoreOutcome::Restored { previous })
         })
+    }
+
+    async fn manifest_usage(
+        &self,
+        repository_id: i64,
+        digest: &str,
+    ) -> Result<(Vec<String>, Vec<String>)> {
+        let parents: Vec<String> = with_read!(self, |p| {
+            sqlx::query_scalar(
+                "SELECT manifest_digest FROM manifest_references \
+                 WHERE repository_id = $1 AND child_digest = $2 ORDER BY manifest_digest",
+            )
+            .bind(repository_id)
+            .bind(digest)
+            .fetch_all(p)
+            .await?
+        });
+        let tags: Vec<String> = with_read!(self, |p| {
+            sqlx::query_scalar(
+                "SELECT name FROM tags WHERE repository_id = $1 AND digest = $2 ORDER BY name",
+            )
+            .bind(repository_id)
+            .bind(digest)
+            .fetch_all(p)
+            .await?
+        });
+        Ok((parents, tags))
+    }
+
+    async fn project_has_blob(&self, project: &str, digest: &str) -> Result<bool> {
+        let found: Option<i32> = with_read!(self, |p| {
+            sqlx::query_scalar("SELECT 1 FROM project_blobs WHERE project = $1 AND digest = $2")
+                .bind(project)
+                .bind(digest)
+                .fetch_optional(p)
+                .await?
+        });
+        Ok(found.is_some())
     }
 
     async fn set_storage_limit(&self, project: &str, limit: Option<u64>) -> Result<bool> {

@@ -94,7 +94,27 @@ impl Registry {
     /// Refuses, before any byte is read, data of known size that cannot fit the project's
     /// quota. The commit re-checks exactly (the blob may turn out to be shared).
     pub async fn check_quota(&self, repo: &RepositoryName, incoming: u64) -> Result<()> {
+        self.check_quota_for(repo, incoming, None).await
+    }
+
+    /// [`Registry::check_quota`] when the digest is known: a blob the project already holds
+    /// adds nothing and is never refused.
+    pub async fn check_quota_for(
+        &self,
+        repo: &RepositoryName,
+        incoming: u64,
+        digest: Option<&kura_oci::Digest>,
+    ) -> Result<()> {
         let project = project_of(repo.as_str());
+        if let Some(d) = digest
+            && self
+                .inner
+                .meta
+                .project_has_blob(project, &d.to_string())
+                .await?
+        {
+            return Ok(());
+        }
         let usage = self.inner.meta.project_usage(project).await?;
         if let Some(limit) = usage.limit
             && usage.bytes.saturating_add(incoming) > limit
@@ -118,6 +138,7 @@ impl Registry {
         repo: &RepositoryName,
         upload_id: Option<&str>,
         incoming: u64,
+        digest: Option<&kura_oci::Digest>,
     ) -> Result<()> {
         let held = match upload_id {
             Some(id) => self
@@ -129,7 +150,8 @@ impl Registry {
                 .unwrap_or(0),
             None => 0,
         };
-        self.check_quota(repo, held.saturating_add(incoming)).await
+        self.check_quota_for(repo, held.saturating_add(incoming), digest)
+            .await
     }
 
     pub async fn project_usage(&self, project: &str) -> Result<ProjectUsage> {
@@ -215,9 +237,104 @@ impl Registry {
         }
     }
 
-    /// Deletes an artifact together with its accessories: every manifest whose subject it is
-    /// (signatures, SBOMs, attestations), recursively, and tags that name its digest the way
-    /// cosign does (`sha256-<hex>.sig`). Accessories go first, so a failure never leaves an
+    /// What deleting `root` removes, in deletion order: its accessories (manifests whose
+    /// subject it is, recursively, and cosign-style `sha256-<hex>.*` tags naming it) before
+    /// it, then the index children nothing else keeps (no tag, no parent outside the plan),
+    /// each with its own accessories first. Dry runs show this list; real deletes execute it.
+    pub async fn plan_artifact_delete(&self, rid: i64, root: &str) -> Result<Vec<String>> {
+        let mut plan: Vec<String> = Vec::new();
+        let mut seen: std::collections::HashSet<String> = Default::default();
+        // Work list of (digest, is_child, expanded). A node is expanded once: its accessories
+        // are queued before it and its children after it.
+        let mut stack: Vec<(String, bool, bool)> = vec![(root.to_string(), false, false)];
+        while let Some((digest, is_child, expanded)) = stack.pop() {
+            if plan.len() >= 10_000 {
+                break;
+            }
+            if expanded {
+                plan.push(digest.clone());
+                // Children come after their parent, so their keep-check sees the plan.
+                for child in self.children_of(rid, &digest).await?.into_iter().rev() {
+                    if !seen.contains(&child) {
+                        stack.push((child, true, false));
+                    }
+                }
+                continue;
+            }
+            if seen.contains(&digest) {
+                continue;
+            }
+            if is_child {
+                let (parents, tags) = self.inner.meta.manifest_usage(rid, &digest).await?;
+                let tagged = tags.iter().any(|t| !is_accessory_tag(t));
+                let kept_elsewhere = parents.iter().any(|p| !seen.contains(p));
+                if tagged || kept_elsewhere {
+                    continue;
+                }
+            }
+            seen.insert(digest.clone());
+            stack.push((digest.clone(), is_child, true));
+            for a in self.accessories_of(rid, &digest).await?.into_iter().rev() {
+                if !seen.contains(&a) {
+                    stack.push((a, false, false));
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Manifests that are accessories of `subject`: referrers and digest-named tags.
+    async fn accessories_of(&self, rid: i64, subject: &str) -> Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        for r in self.inner.meta.referrers(rid, subject, None).await? {
+            out.push(r.digest);
+        }
+        let hex_tag = subject.replacen(':', "-", 1);
+        let mut tags = vec![hex_tag.clone()];
+        tags.extend(
+            self.inner
+                .meta
+                .list_tags(rid, Some(&hex_tag), 1000)
+                .await?
+                .into_iter()
+                .take_while(|t| t.starts_with(&hex_tag))
+                .filter(|t| is_accessory_tag(t)),
+        );
+        for tag in tags {
+            if let Some(m) = self.inner.meta.manifest_by_tag(rid, &tag, false).await?
+                && m.digest != subject
+            {
+                out.push(m.digest);
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The manifests an index references (empty for anything else or an unknown digest).
+    async fn children_of(&self, rid: i64, digest: &str) -> Result<Vec<String>> {
+        let Some(m) = self
+            .inner
+            .meta
+            .manifest_by_digest(rid, digest, true)
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        let payload = m.payload.unwrap_or_default();
+        Ok(kura_oci::manifest::parse(&payload, Some(&m.media_type))
+            .map(|p| {
+                p.children
+                    .into_iter()
+                    .map(|c| c.digest.to_string())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Deletes an artifact together with what belongs to it (see
+    /// [`Registry::plan_artifact_delete`]): accessories first, so a failure never leaves an
     /// accessory without its subject. Returns the digests deleted.
     pub async fn delete_artifact(
         &self,
@@ -239,59 +356,14 @@ impl Registry {
         {
             return Err(RegistryError::manifest_unknown(&root));
         }
-        // Collect the accessory tree breadth-first (bounded: a cycle is impossible, subjects
-        // are content-addressed, but stay defensive).
-        let mut order = vec![root.clone()];
-        let mut i = 0;
-        while i < order.len() && order.len() < 10_000 {
-            let subject = order[i].clone();
-            for r in self.inner.meta.referrers(rid, &subject, None).await? {
-                if !order.contains(&r.digest) {
-                    order.push(r.digest);
-                }
-            }
-            let hex_tag = subject.replacen(':', "-", 1);
-            for tag in self
-                .inner
-                .meta
-                .list_tags(rid, Some(&hex_tag), 1000)
-                .await?
-                .into_iter()
-                .take_while(|t| t.starts_with(&hex_tag))
-            {
-                if let Some(m) = self.inner.meta.manifest_by_tag(rid, &tag, false).await?
-                    && !order.contains(&m.digest)
-                {
-                    order.push(m.digest);
-                }
-            }
-            // The exact tag `sha256-<hex>` (list_tags starts after it).
-            if let Some(m) = self
-                .inner
-                .meta
-                .manifest_by_tag(rid, &hex_tag, false)
-                .await?
-                && !order.contains(&m.digest)
-            {
-                order.push(m.digest);
-            }
-            i += 1;
-        }
         let rules = self.immutability_rules_for(repo).await?;
-        // Check the root's own tags before touching accessories.
-        if let Some(tag) = self
-            .inner
-            .meta
-            .list_artifacts(rid, None, u32::MAX)
-            .await?
-            .into_iter()
-            .find(|a| a.digest == root)
-            .and_then(|a| a.tags.into_iter().find(|t| tag_protected(&rules, t)))
-        {
-            return Err(immutable_error(repo, &tag));
+        let (_, root_tags) = self.inner.meta.manifest_usage(rid, &root).await?;
+        if let Some(tag) = root_tags.iter().find(|t| tag_protected(&rules, t)) {
+            return Err(immutable_error(repo, tag));
         }
+        let plan = self.plan_artifact_delete(rid, &root).await?;
         let mut deleted = Vec::new();
-        for d in order.iter().rev() {
+        for d in &plan {
             let c = if *d == root {
                 cause
             } else {
@@ -300,6 +372,8 @@ impl Registry {
             match self.delete_manifest_by_digest(repo, rid, d, c).await {
                 Ok(_) => deleted.push(d.clone()),
                 Err(e) if e.code == ErrorCode::ManifestUnknown => {}
+                // An index child protected by an immutable tag stays (it is kept, not lost).
+                Err(e) if *d != root && e.code == ErrorCode::Denied => {}
                 Err(e) => return Err(e),
             }
         }

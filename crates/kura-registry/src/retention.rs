@@ -329,10 +329,11 @@ impl Registry {
                     error: None,
                 };
                 if dry_run {
-                    decision.accessories = artifacts
-                        .iter()
-                        .filter(|a| a.subject.as_deref() == Some(digest.as_str()))
-                        .map(|a| a.digest.clone())
+                    decision.accessories = self
+                        .plan_artifact_delete(rid, &digest)
+                        .await?
+                        .into_iter()
+                        .filter(|d| *d != digest)
                         .collect();
                     result.deleted += 1;
                 } else {

@@ -620,7 +620,10 @@ async fn start_upload(
         if has_body(headers) || empty_blob {
             let mut stream = body_stream(body);
             if let Some(len) = content_length(headers)
-                && let Err(e) = state.registry.check_quota(&repo, len).await
+                && let Err(e) = state
+                    .registry
+                    .check_quota_for(&repo, len, Some(&digest))
+                    .await
             {
                 drain(&mut stream).await;
                 return Err(ApiError::from(e).in_repo(&repo));
@@ -709,7 +712,7 @@ async fn patch_upload(
     if let Some(len) = content_length(headers)
         && let Err(e) = state
             .registry
-            .check_upload_quota(&repo, Some(id), len)
+            .check_upload_quota(&repo, Some(id), len, None)
             .await
     {
         drain(&mut stream).await;
@@ -751,7 +754,7 @@ async fn put_upload(
         if let Some(len) = content_length(headers)
             && let Err(e) = state
                 .registry
-                .check_upload_quota(&repo, Some(id), len)
+                .check_upload_quota(&repo, Some(id), len, Some(&digest))
                 .await
         {
             drain(&mut stream).await;

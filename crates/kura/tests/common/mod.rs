@@ -14,6 +14,8 @@ pub mod api;
 
 pub mod auth;
 
+pub mod storage;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
