@@ -1339,15 +1339,17 @@ impl LifecycleStore for SqlStore {
         );
         let uploads_sql = format!("SELECT id FROM uploads WHERE id IN ({})", self.json_list());
         // Read on the write side: the answer decides a delete, so it must not lag behind.
-        let known: Vec<String> = with_write!(self, |p| {
-            sqlx::query_scalar(sqlx::AssertSqlSafe(known_sql))
-                .bind(&list)
-                .fetch_all(p)
-                .await?
-        });
+        // Uploads first: a commit removes the upload row and adds the blob row in one
+        // transaction, so a commit landing between the two reads shows in the second.
         let live_uploads: Vec<String> = with_write!(self, |p| {
             sqlx::query_scalar(sqlx::AssertSqlSafe(uploads_sql))
                 .bind(&id_list)
+                .fetch_all(p)
+                .await?
+        });
+        let known: Vec<String> = with_write!(self, |p| {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(known_sql))
+                .bind(&list)
                 .fetch_all(p)
                 .await?
         });

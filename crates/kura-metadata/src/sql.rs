@@ -1075,9 +1075,10 @@ impl MetadataStore for SqlStore {
     }
 
     async fn link_blob(&self, repository_id: i64, digest: &str) -> Result<LinkOutcome> {
-        let now = now_ms();
         with_write!(self, |p| {
             let mut tx = p.begin().await?;
+            // Read the clock once the connection is ours: waiting for it must not age the row.
+            let now = now_ms();
             // Touching the blob row is what makes a concurrent GC skip it (see migration 5).
             let touched = sqlx::query("UPDATE blobs SET touched_at = $2 WHERE digest = $1")
                 .bind(digest)
@@ -1131,9 +1132,10 @@ impl MetadataStore for SqlStore {
         storage_key: &str,
         upload_id: &str,
     ) -> Result<CommitOutcome> {
-        let now = now_ms();
         with_write!(self, |p| {
             let mut tx = p.begin().await?;
+            // Read the clock once the connection is ours: waiting for it must not age the row.
+            let now = now_ms();
             // An earlier commit of the digest wins (the caller drops its copy); touching it
             // keeps a concurrent GC from taking it (see migration 5).
             sqlx::query(
@@ -1264,9 +1266,10 @@ impl MetadataStore for SqlStore {
     }
 
     async fn put_manifest(&self, m: &NewManifest) -> Result<PutManifestOutcome> {
-        let now = now_ms();
         with_write!(self, |p| {
             let mut tx = p.begin().await?;
+            // Read the clock once the connection is ours: waiting for it must not age the row.
+            let now = now_ms();
             // Checking a reference *is* touching it: the update both proves the row exists and
             // makes a concurrent GC skip it (see migration 5).
             let mut missing = Vec::new();

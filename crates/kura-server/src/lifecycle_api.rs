@@ -27,6 +27,10 @@ use crate::api::{ApiResult, ErrorBody, error, registry_error, repository_access,
 use crate::auth::api_error;
 
 fn require_admin(id: &Identity) -> Result<(), Response> {
+    if id.is_anonymous() {
+        // Like the rest of the management API: 401 with a Basic challenge.
+        return Err(error(kura_auth::AuthError::Unauthenticated));
+    }
     if id.is_admin() {
         Ok(())
     } else {
