@@ -478,6 +478,62 @@ impl SqlStore {
         matches!(self.pools, Pools::Postgres(_))
     }
 
+    /// One page of (repository id, digest) rows of `table` (aliased `alias`) matching `cond`,
+    /// after the keyset cursor `after`.
+    async fn keyset_candidates(
+        &self,
+        table: &str,
+        alias: &str,
+        cond: String,
+        after: Option<&RepoDigest>,
+        limit: u32,
+    ) -> Result<Vec<RepoDigest>> {
+        let (ar, ad) = cursor_after(after);
+        let sql = format!(
+            "SELECT {a}.repository_id, {a}.digest FROM {table} {a} \
+             WHERE ({a}.repository_id > $1 OR ({a}.repository_id = $1 AND {a}.digest > $2)) \
+             AND {cond} ORDER BY {a}.repository_id, {a}.digest LIMIT $3",
+            a = alias
+        );
+        with_read!(self, |pool| {
+            Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(ar)
+                .bind(ad)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?)
+        })
+    }
+
+    /// Runs `sql` (a DELETE taking `$1` repository id, `$2` digest and re-checking its
+    /// condition) for each row of `batch` in one transaction, with the run's progress.
+    async fn delete_each(
+        &self,
+        sql: String,
+        batch: &[RepoDigest],
+        progress: &ProgressFn<'_, RepoDigest>,
+    ) -> Result<Vec<RepoDigest>> {
+        with_write!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let mut deleted = Vec::new();
+            for (repo, digest) in batch {
+                let n = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(repo)
+                    .bind(digest)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n > 0 {
+                    deleted.push((*repo, digest.clone()));
+                }
+            }
+            let pr = progress(&deleted);
+            save_progress!(tx, pr);
+            tx.commit().await?;
+            Ok(deleted)
+        })
+    }
+
     /// A subquery yielding the strings of the JSON array bound as `$1`.
     fn json_list(&self) -> &'static str {
         if self.is_postgres() {
@@ -1069,21 +1125,14 @@ impl LifecycleStore for SqlStore {
         after: Option<&RepoDigest>,
         limit: u32,
     ) -> Result<Vec<RepoDigest>> {
-        let (ar, ad) = cursor_after(after);
-        let sql = format!(
-            "SELECT d.repository_id, d.digest FROM deleted_manifests d \
-             WHERE (d.repository_id > $1 OR (d.repository_id = $1 AND d.digest > $2)) \
-             AND NOT {} ORDER BY d.repository_id, d.digest LIMIT $3",
-            trash_protects(p, "d")
-        );
-        with_read!(self, |pool| {
-            Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(ar)
-                .bind(ad)
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await?)
-        })
+        self.keyset_candidates(
+            "deleted_manifests",
+            "d",
+            format!("NOT {}", trash_protects(p, "d")),
+            after,
+            limit,
+        )
+        .await
     }
 
     async fn gc_purge_trash(
@@ -1096,25 +1145,7 @@ impl LifecycleStore for SqlStore {
             "DELETE FROM deleted_manifests WHERE repository_id = $1 AND digest = $2 AND NOT {}",
             trash_protects(p, "deleted_manifests")
         );
-        with_write!(self, |pool| {
-            let mut tx = pool.begin().await?;
-            let mut deleted = Vec::new();
-            for (repo, digest) in batch {
-                let n = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                    .bind(repo)
-                    .bind(digest)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if n > 0 {
-                    deleted.push((*repo, digest.clone()));
-                }
-            }
-            let pr = progress(&deleted);
-            save_progress!(tx, pr);
-            tx.commit().await?;
-            Ok(deleted)
-        })
+        self.delete_each(sql, batch, progress).await
     }
 
     async fn gc_manifest_candidates(
@@ -1123,21 +1154,8 @@ impl LifecycleStore for SqlStore {
         after: Option<&RepoDigest>,
         limit: u32,
     ) -> Result<Vec<RepoDigest>> {
-        let (ar, ad) = cursor_after(after);
-        let sql = format!(
-            "SELECT m.repository_id, m.digest FROM manifests m \
-             WHERE (m.repository_id > $1 OR (m.repository_id = $1 AND m.digest > $2)) \
-             AND {} ORDER BY m.repository_id, m.digest LIMIT $3",
-            manifest_collectable(p, "m")
-        );
-        with_read!(self, |pool| {
-            Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(ar)
-                .bind(ad)
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await?)
-        })
+        self.keyset_candidates("manifests", "m", manifest_collectable(p, "m"), after, limit)
+            .await
     }
 
     async fn gc_delete_manifests(
@@ -1169,21 +1187,14 @@ impl LifecycleStore for SqlStore {
         after: Option<&RepoDigest>,
         limit: u32,
     ) -> Result<Vec<RepoDigest>> {
-        let (ar, ad) = cursor_after(after);
-        let sql = format!(
-            "SELECT rb.repository_id, rb.digest FROM repository_blobs rb \
-             WHERE (rb.repository_id > $1 OR (rb.repository_id = $1 AND rb.digest > $2)) \
-             AND {} ORDER BY rb.repository_id, rb.digest LIMIT $3",
-            link_collectable(p, "rb")
-        );
-        with_read!(self, |pool| {
-            Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(ar)
-                .bind(ad)
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await?)
-        })
+        self.keyset_candidates(
+            "repository_blobs",
+            "rb",
+            link_collectable(p, "rb"),
+            after,
+            limit,
+        )
+        .await
     }
 
     async fn gc_delete_links(
@@ -1196,25 +1207,7 @@ impl LifecycleStore for SqlStore {
             "DELETE FROM repository_blobs WHERE repository_id = $1 AND digest = $2 AND {}",
             link_collectable(p, "repository_blobs")
         );
-        with_write!(self, |pool| {
-            let mut tx = pool.begin().await?;
-            let mut deleted = Vec::new();
-            for (repo, digest) in batch {
-                let n = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                    .bind(repo)
-                    .bind(digest)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if n > 0 {
-                    deleted.push((*repo, digest.clone()));
-                }
-            }
-            let pr = progress(&deleted);
-            save_progress!(tx, pr);
-            tx.commit().await?;
-            Ok(deleted)
-        })
+        self.delete_each(sql, batch, progress).await
     }
 
     async fn gc_blob_candidates(

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use kura_registry::gc::GcRequest;
 
-use crate::config::{ServeArgs, Settings};
+use crate::config::ServeArgs;
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
@@ -32,23 +32,9 @@ pub struct GcArgs {
 }
 
 pub fn run(args: GcArgs) -> ExitCode {
-    let settings = match Settings::resolve(&args.serve) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("kura: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    crate::serve::init_logging(settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("kura: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (settings, runtime) = match crate::serve::prepare(&args.serve) {
+        Ok(v) => v,
+        Err(code) => return code,
     };
     let req = GcRequest {
         dry_run: args.dry_run,

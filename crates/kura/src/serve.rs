@@ -17,23 +17,9 @@ use crate::config::{
 };
 
 pub fn run(args: ServeArgs) -> ExitCode {
-    let settings = match Settings::resolve(&args) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("kura: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    init_logging(settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("kura: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (settings, runtime) = match prepare(&args) {
+        Ok(v) => v,
+        Err(code) => return code,
     };
     match runtime.block_on(serve(settings)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -45,7 +31,25 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
-pub(crate) fn init_logging(format: LogFormat) {
+/// Resolves the configuration, starts logging and builds the runtime (shared by the
+/// server-side commands); on failure the message is printed and the exit code returned.
+pub(crate) fn prepare(args: &ServeArgs) -> Result<(Settings, tokio::runtime::Runtime), ExitCode> {
+    let settings = Settings::resolve(args).map_err(|e| {
+        eprintln!("kura: {e}");
+        ExitCode::from(2)
+    })?;
+    init_logging(settings.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("kura: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })?;
+    Ok((settings, runtime))
+}
+
+fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
