@@ -202,6 +202,9 @@ pub trait LifecycleStore: Send + Sync + 'static {
     ) -> Result<(Vec<String>, Vec<String>)>;
 
     // --- quotas ---------------------------------------------------------------------------
+    /// A project's storage limit (`None`: unlimited or no such project). One indexed read, so
+    /// the push path pays nothing more for quotas unless a limit is set.
+    async fn storage_limit(&self, project: &str) -> Result<Option<u64>>;
     /// Whether a repository of `project` already links the blob (a push of it adds no usage).
     async fn project_has_blob(&self, project: &str, digest: &str) -> Result<bool>;
     /// Sets or clears a project's storage limit; false when the project does not exist.
@@ -757,6 +760,16 @@ impl LifecycleStore for SqlStore {
             .await?
         });
         Ok((parents, tags))
+    }
+
+    async fn storage_limit(&self, project: &str) -> Result<Option<u64>> {
+        let limit: Option<Option<i64>> = with_read!(self, |p| {
+            sqlx::query_scalar("SELECT storage_limit FROM projects WHERE name = $1")
+                .bind(project)
+                .fetch_optional(p)
+                .await?
+        });
+        Ok(limit.flatten().map(|l| l.max(0) as u64))
     }
 
     async fn project_has_blob(&self, project: &str, digest: &str) -> Result<bool> {

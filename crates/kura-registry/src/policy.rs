@@ -106,6 +106,9 @@ impl Registry {
         digest: Option<&kura_oci::Digest>,
     ) -> Result<()> {
         let project = project_of(repo.as_str());
+        if self.inner.meta.storage_limit(project).await?.is_none() {
+            return Ok(());
+        }
         if let Some(d) = digest
             && self
                 .inner
@@ -140,6 +143,15 @@ impl Registry {
         incoming: u64,
         digest: Option<&kura_oci::Digest>,
     ) -> Result<()> {
+        if self
+            .inner
+            .meta
+            .storage_limit(project_of(repo.as_str()))
+            .await?
+            .is_none()
+        {
+            return Ok(());
+        }
         let held = match upload_id {
             Some(id) => self
                 .inner
