@@ -105,10 +105,7 @@ pub enum CommitOutcome {
     /// Recorded; reads use `storage_key` (an earlier commit's key if the digest was known).
     Committed { storage_key: String },
     /// Nothing was recorded and the upload session is left as it was.
-    QuotaExceeded {
-        exceeded: QuotaExceeded,
-        recorded_key: Option<String>,
-    },
+    QuotaExceeded(QuotaExceeded),
 }
 
 /// Result of deleting a manifest.

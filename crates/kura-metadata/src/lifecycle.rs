@@ -328,8 +328,9 @@ pub trait LifecycleStore: Send + Sync + 'static {
     async fn pending_blob_deletions(&self, limit: u32) -> Result<Vec<(String, u64)>>;
     async fn finish_blob_deletions(&self, keys: &[String]) -> Result<()>;
     /// The keys metadata knows nothing about: no blob, no queued deletion, no upload in
-    /// progress that the key was committed from.
-    async fn unknown_storage_keys(&self, keys: &[String]) -> Result<Vec<String>>;
+    /// progress that the key was committed from. Each key comes with the upload id the
+    /// storage backend says it was committed from (`kura_storage::upload_id_of_key`).
+    async fn unknown_storage_keys(&self, keys: &[(String, Option<String>)]) -> Result<Vec<String>>;
 
     // --- storage report -------------------------------------------------------------------
     async fn storage_totals(&self) -> Result<StorageTotals>;
@@ -1328,15 +1329,13 @@ impl LifecycleStore for SqlStore {
         Ok(())
     }
 
-    async fn unknown_storage_keys(&self, keys: &[String]) -> Result<Vec<String>> {
+    async fn unknown_storage_keys(&self, keys: &[(String, Option<String>)]) -> Result<Vec<String>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let list = serde_json::to_string(keys).unwrap_or_else(|_| "[]".into());
-        let ids: Vec<String> = keys
-            .iter()
-            .filter_map(|k| kura_storage_upload_id(k).map(str::to_string))
-            .collect();
+        let plain: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+        let list = serde_json::to_string(&plain).unwrap_or_else(|_| "[]".into());
+        let ids: Vec<&str> = keys.iter().filter_map(|(_, id)| id.as_deref()).collect();
         let id_list = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
         let known_sql = format!(
             "SELECT storage_key FROM blobs WHERE storage_key IN ({l}) \
@@ -1363,9 +1362,9 @@ impl LifecycleStore for SqlStore {
         let live: std::collections::HashSet<String> = live_uploads.into_iter().collect();
         Ok(keys
             .iter()
-            .filter(|k| !known.contains(*k))
-            .filter(|k| kura_storage_upload_id(k).is_none_or(|id| !live.contains(id)))
-            .cloned()
+            .filter(|(k, _)| !known.contains(k))
+            .filter(|(_, id)| id.as_ref().is_none_or(|id| !live.contains(id)))
+            .map(|(k, _)| k.clone())
             .collect())
     }
 
@@ -1493,14 +1492,4 @@ impl LifecycleStore for SqlStore {
             Ok(n == 1)
         })
     }
-}
-
-/// The upload id a storage key was committed from (mirrors `kura_storage::upload_id_of_key`;
-/// metadata does not depend on the storage crate).
-fn kura_storage_upload_id(key: &str) -> Option<&str> {
-    let last = key.rsplit('/').next()?;
-    let valid = !last.is_empty()
-        && last.len() <= 64
-        && last.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    ((key.starts_with("blobs/") || key.starts_with("up/")) && valid).then_some(last)
 }

@@ -1168,10 +1168,7 @@ impl MetadataStore for SqlStore {
             .await?;
             if let Some(exceeded) = quota_check!(tx, repository_id, limit, before) {
                 tx.rollback().await?;
-                return Ok(CommitOutcome::QuotaExceeded {
-                    exceeded,
-                    recorded_key: None,
-                });
+                return Ok(CommitOutcome::QuotaExceeded(exceeded));
             }
             sqlx::query("DELETE FROM uploads WHERE id = $1")
                 .bind(upload_id)

@@ -420,7 +420,13 @@ impl Registry {
                         .iter()
                         .filter(|o| o.modified_ms < p.touched_before)
                         .collect();
-                    let keys: Vec<String> = old.iter().map(|o| o.key.clone()).collect();
+                    let keys: Vec<(String, Option<String>)> = old
+                        .iter()
+                        .map(|o| {
+                            let id = kura_storage::upload_id_of_key(&o.key).map(str::to_string);
+                            (o.key.clone(), id)
+                        })
+                        .collect();
                     let unknown = meta.unknown_storage_keys(&keys).await?;
                     for o in old.iter().filter(|o| unknown.contains(&o.key)) {
                         if !dry {

@@ -105,37 +105,11 @@ impl Registry {
         incoming: u64,
         digest: Option<&kura_oci::Digest>,
     ) -> Result<()> {
-        let project = project_of(repo.as_str());
-        if self.inner.meta.storage_limit(project).await?.is_none() {
-            return Ok(());
-        }
-        if let Some(d) = digest
-            && self
-                .inner
-                .meta
-                .project_has_blob(project, &d.to_string())
-                .await?
-        {
-            return Ok(());
-        }
-        let usage = self.inner.meta.project_usage(project).await?;
-        if let Some(limit) = usage.limit
-            && usage.bytes.saturating_add(incoming) > limit
-        {
-            return Err(quota_error(
-                project,
-                &QuotaExceeded {
-                    usage: usage.bytes,
-                    requested: incoming,
-                    limit,
-                },
-            ));
-        }
-        Ok(())
+        self.check_upload_quota(repo, None, incoming, digest).await
     }
 
-    /// [`Registry::check_quota`] for data arriving into an upload session: what the session
-    /// already holds counts too.
+    /// [`Registry::check_quota_for`] for data arriving into an upload session: what the
+    /// session already holds counts too. Projects without a limit cost one indexed read.
     pub async fn check_upload_quota(
         &self,
         repo: &RepositoryName,
@@ -143,12 +117,16 @@ impl Registry {
         incoming: u64,
         digest: Option<&kura_oci::Digest>,
     ) -> Result<()> {
-        if self
-            .inner
-            .meta
-            .storage_limit(project_of(repo.as_str()))
-            .await?
-            .is_none()
+        let project = project_of(repo.as_str());
+        let Some(limit) = self.inner.meta.storage_limit(project).await? else {
+            return Ok(());
+        };
+        if let Some(d) = digest
+            && self
+                .inner
+                .meta
+                .project_has_blob(project, &d.to_string())
+                .await?
         {
             return Ok(());
         }
@@ -162,8 +140,19 @@ impl Registry {
                 .unwrap_or(0),
             None => 0,
         };
-        self.check_quota_for(repo, held.saturating_add(incoming), digest)
-            .await
+        let requested = held.saturating_add(incoming);
+        let usage = self.inner.meta.project_usage(project).await?.bytes;
+        if usage.saturating_add(requested) > limit {
+            return Err(quota_error(
+                project,
+                &QuotaExceeded {
+                    usage,
+                    requested,
+                    limit,
+                },
+            ));
+        }
+        Ok(())
     }
 
     pub async fn project_usage(&self, project: &str) -> Result<ProjectUsage> {

@@ -292,7 +292,7 @@ impl Registry {
             .await?;
         let recorded = match outcome {
             CommitOutcome::Committed { storage_key } => storage_key,
-            CommitOutcome::QuotaExceeded { exceeded, .. } => {
+            CommitOutcome::QuotaExceeded(exceeded) => {
                 // Nothing was recorded: drop the bytes and the session, so a refused push
                 // leaves nothing behind (and nothing counted).
                 if let Err(e) = self.inner.store.delete_blob(&key).await {
