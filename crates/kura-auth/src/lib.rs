@@ -1145,6 +1145,17 @@ fn validate_password(p: &str) -> Result<()> {
     Ok(())
 }
 
+/// The user name in a Basic `Authorization` header value, unverified (for audit records of
+/// failed logins).
+pub fn basic_username(value: &str) -> Option<String> {
+    let v = value.trim_start();
+    let (scheme, rest) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    decode_basic(rest.trim()).map(|(u, _)| u)
+}
+
 fn decode_basic(b64: &str) -> Option<(String, String)> {
     use base64::Engine as _;
     let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;

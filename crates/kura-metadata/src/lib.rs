@@ -9,10 +9,12 @@
 #[macro_use]
 pub mod sql;
 pub mod lifecycle;
+pub mod ops;
 
 use async_trait::async_trait;
 
 pub use lifecycle::*;
+pub use ops::{AuditEntry, AuditFilter, AuditHead, AuditRecord, OpsStore, audit_hash_of};
 pub use sql::SqlStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -74,11 +76,26 @@ pub struct NewManifest {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutManifestOutcome {
-    Stored,
+    Stored {
+        /// False when the repository already held the manifest (re-push or retag).
+        created: bool,
+        /// The PUT created the tag or moved it to this manifest.
+        tag_changed: bool,
+        /// Where the tag pointed before, when the PUT moved it from another manifest.
+        previous_tag_target: Option<String>,
+    },
     /// Nothing was written: these references are not in the repository.
     MissingReferences(Vec<String>),
     /// Nothing was written: the tag is immutable and points at another manifest.
     TagImmutable,
+}
+
+/// How a change moved the usage of a project that has a storage limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageChange {
+    pub before: u64,
+    pub after: u64,
+    pub limit: u64,
 }
 
 /// A change refused because it would grow a project past its storage limit.
@@ -94,7 +111,8 @@ pub struct QuotaExceeded {
 /// Result of linking an existing blob into a repository (a mount).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkOutcome {
-    Linked,
+    /// `usage` is set when the project has a storage limit.
+    Linked { usage: Option<UsageChange> },
     UnknownBlob,
     QuotaExceeded(QuotaExceeded),
 }
@@ -103,7 +121,11 @@ pub enum LinkOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitOutcome {
     /// Recorded; reads use `storage_key` (an earlier commit's key if the digest was known).
-    Committed { storage_key: String },
+    /// `usage` is set when the project has a storage limit.
+    Committed {
+        storage_key: String,
+        usage: Option<UsageChange>,
+    },
     /// Nothing was recorded and the upload session is left as it was.
     QuotaExceeded(QuotaExceeded),
 }

@@ -21,7 +21,8 @@ use crate::{
     AccessStore, ArtifactRecord, BlobRecord, CommitOutcome, DeleteManifestOutcome, DeletedManifest,
     LinkOutcome, ManifestRecord, MemberRecord, MetadataError, MetadataStore, NewManifest,
     ProjectRecord, PutManifestOutcome, QuotaExceeded, ReferrerRecord, RepositoryFilter, Result,
-    RobotPermission, RobotRecord, TagGuard, UploadRecord, UserRecord, now_ms, project_of,
+    RobotPermission, RobotRecord, TagGuard, UploadRecord, UsageChange, UserRecord, now_ms,
+    project_of,
 };
 
 /// Embedded migrations: (version, name, sqlite DDL, postgres DDL). Append only.
@@ -55,6 +56,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "lifecycle",
         include_str!("migrations/sqlite/0005_lifecycle.sql"),
         include_str!("migrations/postgres/0005_lifecycle.sql"),
+    ),
+    (
+        6,
+        "operations",
+        include_str!("migrations/sqlite/0006_operations.sql"),
+        include_str!("migrations/postgres/0006_operations.sql"),
     ),
 ];
 
@@ -136,14 +143,22 @@ macro_rules! usage_bytes {
 macro_rules! quota_check {
     ($tx:ident, $repository_id:expr, $limit:expr, $before:expr) => {{
         match $limit {
-            None => None,
+            None => Ok(None),
             Some(limit) => {
                 let after = usage_bytes!($tx, $repository_id, Some(limit));
-                (after > $before && after > limit).then(|| QuotaExceeded {
-                    usage: $before.max(0) as u64,
-                    requested: (after - $before) as u64,
-                    limit: limit.max(0) as u64,
-                })
+                if after > $before && after > limit {
+                    Err(QuotaExceeded {
+                        usage: $before.max(0) as u64,
+                        requested: (after - $before) as u64,
+                        limit: limit.max(0) as u64,
+                    })
+                } else {
+                    Ok(Some(UsageChange {
+                        before: $before.max(0) as u64,
+                        after: after.max(0) as u64,
+                        limit: limit.max(0) as u64,
+                    }))
+                }
             }
         }
     }};
@@ -1102,12 +1117,15 @@ impl MetadataStore for SqlStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            if let Some(exceeded) = quota_check!(tx, repository_id, limit, before) {
-                tx.rollback().await?;
-                return Ok(LinkOutcome::QuotaExceeded(exceeded));
-            }
+            let usage = match quota_check!(tx, repository_id, limit, before) {
+                Ok(usage) => usage,
+                Err(exceeded) => {
+                    tx.rollback().await?;
+                    return Ok(LinkOutcome::QuotaExceeded(exceeded));
+                }
+            };
             tx.commit().await?;
-            Ok(LinkOutcome::Linked)
+            Ok(LinkOutcome::Linked { usage })
         })
     }
 
@@ -1166,10 +1184,13 @@ impl MetadataStore for SqlStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            if let Some(exceeded) = quota_check!(tx, repository_id, limit, before) {
-                tx.rollback().await?;
-                return Ok(CommitOutcome::QuotaExceeded(exceeded));
-            }
+            let usage = match quota_check!(tx, repository_id, limit, before) {
+                Ok(usage) => usage,
+                Err(exceeded) => {
+                    tx.rollback().await?;
+                    return Ok(CommitOutcome::QuotaExceeded(exceeded));
+                }
+            };
             sqlx::query("DELETE FROM uploads WHERE id = $1")
                 .bind(upload_id)
                 .execute(&mut *tx)
@@ -1177,6 +1198,7 @@ impl MetadataStore for SqlStore {
             tx.commit().await?;
             Ok(CommitOutcome::Committed {
                 storage_key: recorded,
+                usage,
             })
         })
     }
@@ -1373,8 +1395,9 @@ impl MetadataStore for SqlStore {
                 .execute(&mut *tx)
                 .await?;
             }
+            let tag_changed = m.tag.is_some() && previous.as_deref() != Some(m.digest.as_str());
             if let Some(tag) = &m.tag
-                && previous.as_deref() != Some(m.digest.as_str())
+                && tag_changed
             {
                 sqlx::query(
                     "INSERT INTO tags (repository_id, name, digest, updated_at) \
@@ -1397,7 +1420,11 @@ impl MetadataStore for SqlStore {
                 );
             }
             tx.commit().await?;
-            Ok(PutManifestOutcome::Stored)
+            Ok(PutManifestOutcome::Stored {
+                created: !existed,
+                tag_changed,
+                previous_tag_target: previous.filter(|d| *d != m.digest),
+            })
         })
     }
 
@@ -1786,6 +1813,7 @@ mod tests {
         assert_eq!(s.upload("u1").await.unwrap().unwrap().size, 10);
         let committed = |k: &str| CommitOutcome::Committed {
             storage_key: k.into(),
+            usage: None,
         };
         assert_eq!(
             s.commit_blob(repo, D1, 10, "k1", "u1").await.unwrap(),
@@ -1800,8 +1828,9 @@ mod tests {
         let b = s.repository_blob(repo, D1).await.unwrap().unwrap();
         assert_eq!((b.size, b.storage_key.as_str()), (10, "k1"));
         assert!(s.repository_blob(other, D1).await.unwrap().is_none());
-        assert_eq!(s.link_blob(other, D1).await.unwrap(), LinkOutcome::Linked);
-        assert_eq!(s.link_blob(other, D1).await.unwrap(), LinkOutcome::Linked);
+        let linked = LinkOutcome::Linked { usage: None };
+        assert_eq!(s.link_blob(other, D1).await.unwrap(), linked);
+        assert_eq!(s.link_blob(other, D1).await.unwrap(), linked);
         assert_eq!(
             s.link_blob(other, D2).await.unwrap(),
             LinkOutcome::UnknownBlob
@@ -1830,11 +1859,19 @@ mod tests {
         };
         assert_eq!(
             s.put_manifest(&m).await.unwrap(),
-            PutManifestOutcome::Stored
+            PutManifestOutcome::Stored {
+                created: true,
+                tag_changed: true,
+                previous_tag_target: None
+            }
         );
         assert_eq!(
             s.put_manifest(&m).await.unwrap(),
-            PutManifestOutcome::Stored
+            PutManifestOutcome::Stored {
+                created: false,
+                tag_changed: false,
+                previous_tag_target: None
+            }
         );
         let got = s.manifest_by_tag(repo, "v1", true).await.unwrap().unwrap();
         assert_eq!(got.payload.as_deref(), Some(&b"{}"[..]));

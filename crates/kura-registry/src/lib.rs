@@ -9,6 +9,7 @@
 //! metrics listen there).
 
 mod blobs;
+pub mod context;
 mod error;
 mod events;
 pub mod gc;
@@ -28,6 +29,7 @@ use kura_oci::RepositoryName;
 use kura_storage::BlobStore;
 
 pub use error::{RegistryError, Result};
+pub use context::{Actor, ActorKind, EventContext};
 pub use events::{DeleteCause, EventSink, RegistryEvent};
 pub use manifests::{ManifestContent, ManifestPushed, TagPage};
 pub use pulls::PullRecorder;
@@ -46,6 +48,9 @@ pub struct RegistryConfig {
     pub chunk_min_length: u64,
     /// Garbage collection and deleted-manifest retention.
     pub gc: GcConfig,
+    /// A push that takes a project's usage across this percentage of its storage limit is
+    /// announced (`QuotaWarning`); 0 turns the warning off.
+    pub quota_warning_percent: u8,
 }
 
 /// Garbage-collection settings (`[gc]` in the configuration file).
@@ -88,6 +93,7 @@ impl Default for RegistryConfig {
             upload_expiry: Duration::from_secs(24 * 3600),
             chunk_min_length: 0,
             gc: GcConfig::default(),
+            quota_warning_percent: 85,
         }
     }
 }
@@ -137,8 +143,12 @@ impl Registry {
     }
 
     fn emit(&self, event: RegistryEvent) {
+        if self.inner.sinks.is_empty() {
+            return;
+        }
+        let context = EventContext::capture();
         for sink in &self.inner.sinks {
-            sink.emit(&event);
+            sink.emit(&event, &context);
         }
     }
 

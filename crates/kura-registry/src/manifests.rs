@@ -98,8 +98,12 @@ impl Registry {
                 None => false,
             },
         };
-        match self.inner.meta.put_manifest(&new).await? {
-            PutManifestOutcome::Stored => {}
+        let (created, tag_changed, previous) = match self.inner.meta.put_manifest(&new).await? {
+            PutManifestOutcome::Stored {
+                created,
+                tag_changed,
+                previous_tag_target,
+            } => (created, tag_changed, previous_tag_target),
             PutManifestOutcome::TagImmutable => {
                 return Err(policy::immutable_error(repo, tag.as_deref().unwrap_or("")));
             }
@@ -113,13 +117,16 @@ impl Registry {
                 )
                 .with_detail(json!({ "missing": missing })));
             }
-        }
+        };
         self.emit(RegistryEvent::ManifestPushed {
             repository: repo.to_string(),
             digest: digest.to_string(),
             media_type: parsed.media_type,
             tag,
             size,
+            created,
+            tag_changed,
+            previous,
         });
         Ok(ManifestPushed {
             digest,

@@ -3,7 +3,7 @@
 
 use kura_metadata::{
     DeleteManifestOutcome, ImmutabilityRule, ProjectUsage, QuotaExceeded, RestoreOutcome,
-    TagHistoryEntry, project_of,
+    TagHistoryEntry, UsageChange, project_of,
 };
 use kura_oci::{ErrorCode, RepositoryName, glob_match};
 use serde_json::json;
@@ -143,8 +143,8 @@ impl Registry {
         let requested = held.saturating_add(incoming);
         let usage = self.inner.meta.project_usage(project).await?.bytes;
         if usage.saturating_add(requested) > limit {
-            return Err(quota_error(
-                project,
+            return Err(self.quota_refused(
+                repo,
                 &QuotaExceeded {
                     usage,
                     requested,
@@ -153,6 +153,39 @@ impl Registry {
             ));
         }
         Ok(())
+    }
+
+    /// The error for a push refused by quota, announced as [`RegistryEvent::QuotaExceeded`].
+    pub(crate) fn quota_refused(&self, repo: &RepositoryName, q: &QuotaExceeded) -> RegistryError {
+        let project = project_of(repo.as_str());
+        self.emit(RegistryEvent::QuotaExceeded {
+            project: project.to_string(),
+            repository: repo.to_string(),
+            usage: q.usage,
+            requested: q.requested,
+            limit: q.limit,
+        });
+        quota_error(project, q)
+    }
+
+    /// Announces [`RegistryEvent::QuotaWarning`] when a change took the project's usage
+    /// across `quota_warning_percent` of its limit (once per crossing, not on every push
+    /// above it).
+    pub(crate) fn note_usage(&self, repo: &RepositoryName, usage: Option<UsageChange>) {
+        let Some(u) = usage else { return };
+        let pct = u128::from(self.inner.config.quota_warning_percent);
+        if pct == 0 || u.limit == 0 {
+            return;
+        }
+        let threshold = |bytes: u64| u128::from(bytes) * 100 >= u128::from(u.limit) * pct;
+        if threshold(u.after) && !threshold(u.before) {
+            self.emit(RegistryEvent::QuotaWarning {
+                project: project_of(repo.as_str()).to_string(),
+                repository: repo.to_string(),
+                usage: u.after,
+                limit: u.limit,
+            });
+        }
     }
 
     pub async fn project_usage(&self, project: &str) -> Result<ProjectUsage> {

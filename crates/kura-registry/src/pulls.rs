@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kura_metadata::{MetadataStore, now_ms};
 
-use crate::{EventSink, RegistryEvent};
+use crate::{EventContext, EventSink, RegistryEvent};
 
 #[derive(Default)]
 pub struct PullRecorder {
@@ -16,7 +16,7 @@ pub struct PullRecorder {
 }
 
 impl EventSink for PullRecorder {
-    fn emit(&self, event: &RegistryEvent) {
+    fn emit(&self, event: &RegistryEvent, _context: &EventContext) {
         if let RegistryEvent::ManifestPulled {
             repository, digest, ..
         } = event

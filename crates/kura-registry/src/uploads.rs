@@ -291,7 +291,10 @@ impl Registry {
             )
             .await?;
         let recorded = match outcome {
-            CommitOutcome::Committed { storage_key } => storage_key,
+            CommitOutcome::Committed { storage_key, usage } => {
+                self.note_usage(repo, usage);
+                storage_key
+            }
             CommitOutcome::QuotaExceeded(exceeded) => {
                 // Nothing was recorded: drop the bytes and the session, so a refused push
                 // leaves nothing behind (and nothing counted).
@@ -299,10 +302,7 @@ impl Registry {
                     tracing::warn!(%key, error = %e, "could not remove a blob refused by quota");
                 }
                 self.discard_upload(&upload.id, &at).await;
-                return Err(crate::policy::quota_error(
-                    kura_metadata::project_of(repo.as_str()),
-                    &exceeded,
-                ));
+                return Err(self.quota_refused(repo, &exceeded));
             }
         };
         if recorded != key {
@@ -405,14 +405,12 @@ impl Registry {
         }
         let repository_id = self.inner.meta.ensure_repository(repo.as_str()).await?;
         let linked = match self.inner.meta.link_blob(repository_id, &digest_s).await? {
-            LinkOutcome::Linked => true,
-            LinkOutcome::UnknownBlob => false,
-            LinkOutcome::QuotaExceeded(q) => {
-                return Err(crate::policy::quota_error(
-                    kura_metadata::project_of(repo.as_str()),
-                    &q,
-                ));
+            LinkOutcome::Linked { usage } => {
+                self.note_usage(repo, usage);
+                true
             }
+            LinkOutcome::UnknownBlob => false,
+            LinkOutcome::QuotaExceeded(q) => return Err(self.quota_refused(repo, &q)),
         };
         if linked {
             self.emit(RegistryEvent::BlobMounted {

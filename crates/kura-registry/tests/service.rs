@@ -14,7 +14,7 @@ use kura_storage::{BlobStore, Durability, FsBlobStore};
 struct Recorder(Mutex<Vec<RegistryEvent>>);
 
 impl EventSink for Recorder {
-    fn emit(&self, event: &RegistryEvent) {
+    fn emit(&self, event: &RegistryEvent, _context: &kura_registry::EventContext) {
         self.0.lock().unwrap().push(event.clone());
     }
 }

@@ -23,6 +23,7 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::auth::api_error;
 use crate::lifecycle_api as lc;
+use crate::ops_api;
 
 pub(crate) type ApiResult = Result<Response, Response>;
 
@@ -42,7 +43,7 @@ const MAX_PAGE: u32 = 1000;
     tags(
         (name = "users"), (name = "projects"), (name = "members"), (name = "robots"),
                 (name = "settings"), (name = "search"), (name = "repositories"), (name = "artifacts"),
-                (name = "lifecycle")
+                (name = "lifecycle"), (name = "audit"), (name = "webhooks")
     )
 )]
 struct ApiDoc;
@@ -102,6 +103,18 @@ pub fn routes() -> Router<AppState> {
         .routes(routes!(lc::run_retention, lc::list_retention_runs))
         .routes(routes!(lc::tag_history))
         .routes(routes!(lc::restore_tag))
+        .routes(routes!(ops_api::list_audit))
+        .routes(routes!(ops_api::project_audit))
+        .routes(routes!(ops_api::export_audit))
+        .routes(routes!(ops_api::verify_audit))
+        .routes(routes!(ops_api::purge_audit))
+        .routes(routes!(ops_api::list_webhooks, ops_api::create_webhook))
+        .routes(routes!(
+            ops_api::get_webhook,
+            ops_api::update_webhook,
+            ops_api::delete_webhook
+        ))
+        .routes(routes!(ops_api::list_deliveries))
         .split_for_parts();
     let doc = std::sync::Arc::new(doc);
     router.route(
@@ -316,8 +329,18 @@ pub(crate) async fn who(state: &AppState, headers: &HeaderMap) -> Result<Identit
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let identity = state.auth.authenticate(value).await.map_err(error)?;
-    state.auth.current_identity(identity).await.map_err(error)
+    let identity = match state.auth.authenticate(value).await {
+        Ok(id) => id,
+        Err(e) => {
+            if matches!(e, AuthError::BadCredentials | AuthError::Throttled(_)) {
+                crate::audit::login_failed(state, headers, &e.to_string());
+            }
+            return Err(error(e));
+        }
+    };
+    let identity = state.auth.current_identity(identity).await.map_err(error)?;
+    crate::audit::note_identity(&identity);
+    Ok(identity)
 }
 
 /// `n` and `last` of a list request.
@@ -384,6 +407,7 @@ async fn create_user(
 ) -> ApiResult {
     let id = who(&state, &headers).await?;
     let u: NewUser = json_body(&body)?;
+    kura_registry::context::note_resource(format!("users/{}", u.username), None);
     let user = state
         .auth
         .create_user(&id, &u.username, &u.password, u.email.as_deref(), u.admin)
@@ -536,6 +560,7 @@ async fn create_project(
 ) -> ApiResult {
     let id = who(&state, &headers).await?;
     let p: NewProject = json_body(&body)?;
+    kura_registry::context::note_resource(format!("projects/{}", p.name), Some(&p.name));
     let project = state
         .auth
         .create_project(&id, &p.name, p.public)
@@ -737,6 +762,7 @@ async fn create_robot(
 ) -> ApiResult {
     let id = who(&state, &headers).await?;
     let r: NewRobotIn = json_body(&body)?;
+    kura_registry::context::note_resource(format!("robots/{}", r.name), r.project.as_deref());
     let mut permissions = Vec::new();
     for p in r.permissions {
         let project = p.project.or_else(|| r.project.clone()).ok_or_else(|| {

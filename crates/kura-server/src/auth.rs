@@ -24,9 +24,16 @@ pub async fn identify(state: &AppState, headers: &HeaderMap) -> Result<Identity,
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     match state.auth.authenticate(value).await {
-        Ok(id) => Ok(id),
-        Err(AuthError::BadCredentials) => Err(challenge(state, headers, None, false)),
+        Ok(id) => {
+            crate::audit::note_identity(&id);
+            Ok(id)
+        }
+        Err(AuthError::BadCredentials) => {
+            crate::audit::login_failed(state, headers, "invalid username or password");
+            Err(challenge(state, headers, None, false))
+        }
         Err(e @ AuthError::Throttled(_)) => {
+            crate::audit::login_failed(state, headers, &e.to_string());
             Err(ApiError::new(ErrorCode::TooManyRequests, e.to_string()))
         }
         Err(e) => Err(ApiError::from(RegistryError::internal(e))),
@@ -108,11 +115,23 @@ pub async fn authorize(
         .await
         .map_err(|e| ApiError::from(RegistryError::internal(e)))?;
     let scope = || Some(format!("repository:{repository}:{}", scope_actions(needed)));
+    let action = match needed.first() {
+        Some(Action::Push) => "push",
+        Some(Action::Delete) => "delete",
+        Some(Action::List) => "list",
+        _ => "pull",
+    };
     match decision {
         Ok(()) => Ok(()),
         Err(Denial::NeedsAuthentication) => Err(challenge(state, headers, scope(), false)),
-        Err(Denial::InsufficientScope) => Err(challenge(state, headers, scope(), true)),
-        Err(Denial::Forbidden(msg)) => Err(ApiError::new(ErrorCode::Denied, msg)),
+        Err(Denial::InsufficientScope) => {
+            crate::audit::registry_denied(state, action, repository, "insufficient scope");
+            Err(challenge(state, headers, scope(), true))
+        }
+        Err(Denial::Forbidden(msg)) => {
+            crate::audit::registry_denied(state, action, repository, &msg);
+            Err(ApiError::new(ErrorCode::Denied, msg))
+        }
         Err(Denial::ProjectMissing(p)) => Err(ApiError::from(
             RegistryError::new(
                 ErrorCode::NameUnknown,
@@ -162,6 +181,7 @@ pub async fn token(
     let identity = match state.auth.authenticate(value).await {
         Ok(id) => id,
         Err(AuthError::BadCredentials) => {
+            crate::audit::login_failed(&state, &headers, "invalid username or password");
             let mut r = api_error(
                 StatusCode::UNAUTHORIZED,
                 "UNAUTHORIZED",
@@ -174,6 +194,7 @@ pub async fn token(
             return r;
         }
         Err(e @ AuthError::Throttled(_)) => {
+            crate::audit::login_failed(&state, &headers, &e.to_string());
             return api_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "TOOMANYREQUESTS",
@@ -202,7 +223,12 @@ pub async fn token(
         );
     }
     match state.auth.issue_token(&identity, &scopes).await {
-        Ok(t) => (StatusCode::OK, Json(t)).into_response(),
+        Ok(t) => {
+            if !identity.is_anonymous() {
+                crate::audit::login_succeeded(&state, &identity, &scopes);
+            }
+            (StatusCode::OK, Json(t)).into_response()
+        }
         Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string()),
     }
 }

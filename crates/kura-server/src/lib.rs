@@ -9,10 +9,13 @@
 #![allow(clippy::result_large_err)]
 
 mod api;
+pub mod audit;
 mod auth;
 mod errors;
 mod health;
 mod lifecycle_api;
+mod observe;
+mod ops_api;
 mod range;
 mod v2;
 mod v2_route;
@@ -37,6 +40,24 @@ pub struct AppState {
     pub auth: std::sync::Arc<kura_auth::Auth>,
     /// Token realm URL to announce (`auth.realm`); `None`: derived from each request's Host.
     pub realm: Option<String>,
+    /// Audit log, webhooks and metrics.
+    pub ops: Ops,
+}
+
+/// The operations services the HTTP layer feeds and exposes.
+#[derive(Clone, Default)]
+pub struct Ops {
+    pub audit: Option<std::sync::Arc<kura_ops::AuditLog>>,
+    pub webhooks: Option<std::sync::Arc<kura_ops::Webhooks>>,
+    /// Record HTTP metrics.
+    pub metrics: bool,
+    /// Serve `/metrics` on the main listener (with the store for scrape-time gauges).
+    pub prometheus: Option<(
+        metrics_exporter_prometheus::PrometheusHandle,
+        std::sync::Arc<dyn kura_metadata::OpsStore>,
+    )>,
+    /// Take the client address from `X-Forwarded-For` (behind a trusted load balancer).
+    pub trust_forwarded_for: bool,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -62,16 +83,47 @@ pub fn router(state: AppState) -> Router {
             .unwrap_or("-");
         tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
     });
-    Router::new()
+    let mut app = Router::new()
         .merge(v2::routes())
         .merge(health::routes())
-        .merge(api::routes())
-        .route("/token", axum::routing::get(auth::token))
-        .with_state(state)
+        .merge(api::routes().route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::audit_management,
+        )))
+        .route("/token", axum::routing::get(auth::token));
+    if let Some((handle, store)) = state.ops.prometheus.clone() {
+        app = app.merge(metrics_routes(handle, store));
+    }
+    app.route_layer(axum::middleware::from_fn(observe::tag_route))
+        .with_state(state.clone())
         .layer(CatchPanicLayer::custom(errors::panic_response))
+        .layer(axum::middleware::from_fn_with_state(state, observe::observe))
         .layer(trace)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeUuid))
+}
+
+/// `GET /metrics`: the Prometheus text format, with the scrape-time gauges refreshed first.
+pub fn metrics_routes<S: Clone + Send + Sync + 'static>(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    store: std::sync::Arc<dyn kura_metadata::OpsStore>,
+) -> Router<S> {
+    Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (handle, store) = (handle.clone(), store.clone());
+            async move {
+                kura_ops::metrics::refresh(store.as_ref()).await;
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    )
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight requests.
@@ -80,9 +132,12 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// Periodically removes expired upload sessions until the process ends.

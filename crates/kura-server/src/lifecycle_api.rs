@@ -26,7 +26,7 @@ use crate::AppState;
 use crate::api::{ApiResult, ErrorBody, error, registry_error, repository_access, time, who};
 use crate::auth::api_error;
 
-fn require_admin(id: &Identity) -> Result<(), Response> {
+pub(crate) fn require_admin(id: &Identity) -> Result<(), Response> {
     if id.is_anonymous() {
         // Like the rest of the management API: 401 with a Basic challenge.
         return Err(error(kura_auth::AuthError::Unauthenticated));
@@ -42,7 +42,7 @@ fn require_admin(id: &Identity) -> Result<(), Response> {
     }
 }
 
-async fn project_action(
+pub(crate) async fn project_action(
     state: &AppState,
     id: &Identity,
     project: &str,

@@ -24,6 +24,48 @@ pub struct FileConfig {
     pub auth: AuthSection,
     #[serde(default)]
     pub gc: GcSection,
+    #[serde(default)]
+    pub audit: AuditSection,
+    #[serde(default)]
+    pub webhooks: WebhooksSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    /// Take client addresses from X-Forwarded-For (only behind a proxy that sets it).
+    pub trust_forwarded_for: Option<bool>,
+}
+
+/// `[audit]`: the audit log.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    pub enabled: Option<bool>,
+    pub pulls: Option<bool>,
+    pub blob_events: Option<bool>,
+    pub retention_days: Option<u32>,
+    pub syslog: Option<String>,
+}
+
+/// `[webhooks]`: delivery of project webhooks.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksSection {
+    pub enabled: Option<bool>,
+    pub max_attempts: Option<u32>,
+    pub backoff_base_ms: Option<u64>,
+    pub backoff_max_secs: Option<u64>,
+    pub timeout_secs: Option<u64>,
+    pub concurrency: Option<usize>,
+    pub registry_url: Option<String>,
+    pub log_retention_days: Option<u32>,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    pub enabled: Option<bool>,
+    /// Serve /metrics on this address instead of the main listener.
+    pub listen: Option<String>,
 }
 
 /// `[gc]`: garbage collection.
@@ -107,6 +149,7 @@ pub struct RegistrySection {
     pub upload_expiry_secs: Option<u64>,
     pub upload_sweep_secs: Option<u64>,
     pub chunk_min_length: Option<u64>,
+    pub quota_warning_percent: Option<u8>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -257,6 +300,48 @@ pub struct ServeArgs {
     /// Cron schedule of GC runs, UTC (5 fields, or 6 with seconds first) [default: none].
     #[arg(long, env = "KURA_GC_SCHEDULE")]
     pub gc_schedule: Option<String>,
+    /// Keep an audit log of pushes, pulls, deletes, logins and management changes
+    /// [default: true].
+    #[arg(long, env = "KURA_AUDIT_ENABLED")]
+    pub audit_enabled: Option<bool>,
+    /// Audit manifest pulls [default: true].
+    #[arg(long, env = "KURA_AUDIT_PULLS")]
+    pub audit_pulls: Option<bool>,
+    /// Purge audit records older than this many days; 0 keeps them all [default: 0].
+    #[arg(long, env = "KURA_AUDIT_RETENTION_DAYS")]
+    pub audit_retention_days: Option<u32>,
+    /// Forward audit records to this syslog server (HOST:PORT, UDP, RFC 5424) [default: none].
+    #[arg(long, env = "KURA_AUDIT_SYSLOG")]
+    pub audit_syslog: Option<String>,
+    /// Send project webhooks [default: true].
+    #[arg(long, env = "KURA_WEBHOOKS_ENABLED")]
+    pub webhooks_enabled: Option<bool>,
+    /// Attempts per webhook delivery [default: 5].
+    #[arg(long, env = "KURA_WEBHOOK_MAX_ATTEMPTS")]
+    pub webhook_max_attempts: Option<u32>,
+    /// Delay before the first webhook retry, milliseconds; doubles per attempt [default: 2000].
+    #[arg(long, env = "KURA_WEBHOOK_BACKOFF_MS")]
+    pub webhook_backoff_ms: Option<u64>,
+    /// Timeout of one webhook request, seconds [default: 10].
+    #[arg(long, env = "KURA_WEBHOOK_TIMEOUT_SECS")]
+    pub webhook_timeout_secs: Option<u64>,
+    /// Registry URL as clients reach it, for resource_url in webhook payloads [default: none].
+    #[arg(long, env = "KURA_REGISTRY_URL")]
+    pub registry_url: Option<String>,
+    /// Serve Prometheus metrics at /metrics [default: true].
+    #[arg(long, env = "KURA_METRICS_ENABLED")]
+    pub metrics_enabled: Option<bool>,
+    /// Serve /metrics on this separate address instead of the main listener [default: none].
+    #[arg(long, env = "KURA_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Take client addresses from X-Forwarded-For; only behind a proxy that sets it
+    /// [default: false].
+    #[arg(long, env = "KURA_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: Option<bool>,
+    /// Announce QUOTA_WARNING when a push takes a project past this percentage of its limit;
+    /// 0 turns it off [default: 85].
+    #[arg(long, env = "KURA_QUOTA_WARNING_PERCENT")]
+    pub quota_warning_percent: Option<u8>,
 }
 
 /// Which blob store to use, with its settings.
@@ -288,6 +373,14 @@ pub struct Settings {
     pub auth_service: String,
     pub auth_ldap: Option<LdapSection>,
     pub gc: kura_registry::GcConfig,
+    /// `None`: the audit log is off.
+    pub audit: Option<kura_ops::AuditConfig>,
+    /// `None`: webhooks are off.
+    pub webhooks: Option<kura_ops::WebhookConfig>,
+    pub metrics_enabled: bool,
+    pub metrics_listen: Option<String>,
+    pub trust_forwarded_for: bool,
+    pub quota_warning_percent: u8,
 }
 
 impl Settings {
@@ -383,7 +476,77 @@ impl Settings {
             batch_size: g.batch_size.unwrap_or(defaults.batch_size).clamp(1, 10_000),
             stale_after: defaults.stale_after,
         };
+        let au = file.audit;
+        let audit = if args.audit_enabled.or(au.enabled).unwrap_or(true) {
+            let syslog = match args.audit_syslog.clone().or(au.syslog) {
+                Some(s) => Some(
+                    std::net::ToSocketAddrs::to_socket_addrs(&s)
+                        .ok()
+                        .and_then(|mut a| a.next())
+                        .ok_or_else(|| format!("audit.syslog: cannot resolve {s:?} (HOST:PORT)"))?,
+                ),
+                None => None,
+            };
+            let days = args.audit_retention_days.or(au.retention_days).unwrap_or(0);
+            Some(kura_ops::AuditConfig {
+                pulls: args.audit_pulls.or(au.pulls).unwrap_or(true),
+                blob_events: au.blob_events.unwrap_or(false),
+                retention: (days > 0).then(|| Duration::from_secs(u64::from(days) * 86_400)),
+                syslog,
+                ..kura_ops::AuditConfig::default()
+            })
+        } else {
+            None
+        };
+        let w = file.webhooks;
+        let webhooks = if args.webhooks_enabled.or(w.enabled).unwrap_or(true) {
+            let d = kura_ops::WebhookConfig::default();
+            let registry_url = args.registry_url.clone().or(w.registry_url);
+            Some(kura_ops::WebhookConfig {
+                max_attempts: args
+                    .webhook_max_attempts
+                    .or(w.max_attempts)
+                    .unwrap_or(d.max_attempts)
+                    .clamp(1, 100),
+                backoff_base: args
+                    .webhook_backoff_ms
+                    .or(w.backoff_base_ms)
+                    .map(Duration::from_millis)
+                    .unwrap_or(d.backoff_base),
+                backoff_max: w
+                    .backoff_max_secs
+                    .map(Duration::from_secs)
+                    .unwrap_or(d.backoff_max),
+                timeout: args
+                    .webhook_timeout_secs
+                    .or(w.timeout_secs)
+                    .map(|s| Duration::from_secs(s.max(1)))
+                    .unwrap_or(d.timeout),
+                concurrency: w.concurrency.unwrap_or(d.concurrency).clamp(1, 64),
+                registry_url,
+                log_retention: w
+                    .log_retention_days
+                    .map(|days| Duration::from_secs(u64::from(days) * 86_400))
+                    .unwrap_or(d.log_retention),
+            })
+        } else {
+            None
+        };
+        let m = file.metrics;
         Ok(Settings {
+            audit,
+            webhooks,
+            metrics_enabled: args.metrics_enabled.or(m.enabled).unwrap_or(true),
+            metrics_listen: args.metrics_listen.clone().or(m.listen),
+            trust_forwarded_for: args
+                .trust_forwarded_for
+                .or(file.trust_forwarded_for)
+                .unwrap_or(false),
+            quota_warning_percent: args
+                .quota_warning_percent
+                .or(r.quota_warning_percent)
+                .unwrap_or(85)
+                .min(100),
             listen: args
                 .listen
                 .clone()

@@ -1,5 +1,6 @@
 //! The `kura` binary: `kura serve` runs the registry; client commands come later.
 
+mod audit;
 mod config;
 mod gc;
 mod serve;
@@ -37,6 +38,8 @@ enum Command {
     ///   kura gc --dry-run --config /etc/kura/kura.toml
     ///   kura gc --delete-untagged --data-dir /var/lib/kura
     Gc(gc::GcArgs),
+    /// Audit log tools (verification of the hash chain).
+    Audit(audit::AuditArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,5 +47,6 @@ fn main() -> std::process::ExitCode {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Gc(args) => gc::run(args),
+        Command::Audit(args) => audit::run(args),
     }
 }

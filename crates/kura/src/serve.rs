@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kura_auth::{Auth, AuthConfig, AuthMode};
 use kura_metadata::sql::SqlOptions;
-use kura_metadata::{AccessStore, Metadata, MetadataStore};
+use kura_metadata::{AccessStore, Metadata, MetadataStore, OpsStore};
 use kura_registry::{PullRecorder, Registry, RegistryConfig};
 use kura_storage::{BlobStore, Durability, FsBlobStore, S3BlobStore};
 use tracing_subscriber::EnvFilter;
@@ -112,6 +112,7 @@ pub(crate) fn registry(
             upload_expiry: s.upload_expiry,
             chunk_min_length: s.chunk_min_length,
             gc: s.gc.clone(),
+            quota_warning_percent: s.quota_warning_percent,
         },
         sinks,
     )
@@ -159,14 +160,86 @@ async fn serve(s: Settings) -> Result<(), String> {
     let pull_flusher = pulls
         .clone()
         .spawn_flusher(meta.clone(), Duration::from_secs(5));
-    let registry = registry(&s, store, sql, vec![pulls]);
+    let ops_store: Arc<dyn OpsStore> = sql.clone();
+    let mut sinks: Vec<Arc<dyn kura_registry::EventSink>> = vec![pulls];
+    let mut background = Vec::new();
+    let prometheus = if s.metrics_enabled {
+        let handle = install_metrics_recorder()?;
+        let upkeep = handle.clone();
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                upkeep.run_upkeep();
+            }
+        }));
+        sinks.push(Arc::new(kura_ops::metrics::RegistryMetrics));
+        Some(handle)
+    } else {
+        None
+    };
+    let audit = s
+        .audit
+        .clone()
+        .map(|cfg| kura_ops::AuditLog::start(ops_store.clone(), cfg));
+    if let Some(a) = &audit {
+        sinks.push(a.clone());
+        if let Some(retention) = a.config().retention {
+            let a = a.clone();
+            background.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(3600));
+                loop {
+                    tick.tick().await;
+                    let ctx = kura_registry::EventContext::capture();
+                    if let Err(e) = a.purge_older_than(retention, &ctx).await {
+                        tracing::warn!(error = %e, "audit log purge failed");
+                    }
+                }
+            }));
+        }
+    }
+    let webhooks = s
+        .webhooks
+        .clone()
+        .map(|cfg| kura_ops::Webhooks::start(ops_store.clone(), cfg));
+    if let Some(w) = &webhooks {
+        sinks.push(w.clone());
+    }
+    let registry = registry(&s, store, sql, sinks);
     let expiry = kura_server::spawn_upload_expiry(registry.clone(), s.upload_sweep);
     let scheduler = kura_server::spawn_scheduler(registry.clone(), Duration::from_secs(1));
+    let separate_metrics = s.metrics_listen.is_some();
     let app = kura_server::router(kura_server::AppState {
         registry,
         auth,
         realm: s.auth_realm.clone(),
+        ops: kura_server::Ops {
+            audit: audit.clone(),
+            webhooks,
+            metrics: prometheus.is_some(),
+            prometheus: prometheus
+                .clone()
+                .filter(|_| !separate_metrics)
+                .map(|h| (h, ops_store.clone())),
+            trust_forwarded_for: s.trust_forwarded_for,
+        },
     });
+    if let (Some(addr), Some(handle)) = (&s.metrics_listen, prometheus) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} (metrics): {e}"))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| format!("cannot read the bound address: {e}"))?;
+        tracing::info!(addr = %bound, "metrics are served separately");
+        println!("metrics listening on {bound}");
+        let router = kura_server::metrics_routes::<()>(handle, ops_store.clone());
+        background.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        }));
+    }
     let listener = tokio::net::TcpListener::bind(&s.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", s.listen))?;
@@ -181,7 +254,39 @@ async fn serve(s: Settings) -> Result<(), String> {
     expiry.abort();
     scheduler.abort();
     pull_flusher.abort();
+    for t in background {
+        t.abort();
+    }
+    if let Some(a) = &audit {
+        // Records of the last requests are in the queue: store them before exiting.
+        let _ = tokio::time::timeout(Duration::from_secs(10), a.flush()).await;
+    }
     result.map_err(|e| format!("server error: {e}"))
+}
+
+/// The process-wide Prometheus recorder behind the `metrics` facade.
+fn install_metrics_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    const LATENCY: &[f64] = &[
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        30.0, 60.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("kura_http_request_duration_seconds".into()),
+            LATENCY,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("kura_webhook_delivery_duration_seconds".into()),
+                LATENCY,
+            )
+        })
+        .map_err(|e| format!("cannot configure metrics: {e}"))?
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    kura_ops::metrics::describe();
+    Ok(handle)
 }
 
 async fn shutdown_signal() {
