@@ -112,7 +112,9 @@ pub struct QuotaExceeded {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkOutcome {
     /// `usage` is set when the project has a storage limit.
-    Linked { usage: Option<UsageChange> },
+    Linked {
+        usage: Option<UsageChange>,
+    },
     UnknownBlob,
     QuotaExceeded(QuotaExceeded),
 }

@@ -218,8 +218,11 @@ pub trait OpsStore: Send + Sync + 'static {
     async fn webhook_policies(&self, project: Option<&str>) -> Result<Vec<WebhookPolicy>>;
     async fn webhook_policy(&self, project: &str, id: i64) -> Result<Option<WebhookPolicy>>;
     /// `Ok(None)`: the project does not exist or the name is taken (`name_taken` tells).
-    async fn create_webhook(&self, project: &str, spec: &WebhookSpec)
-    -> Result<Result<i64, WebhookConflict>>;
+    async fn create_webhook(
+        &self,
+        project: &str,
+        spec: &WebhookSpec,
+    ) -> Result<Result<i64, WebhookConflict>>;
     async fn update_webhook(
         &self,
         project: &str,
@@ -306,7 +309,17 @@ fn audit_from_row(r: AuditRow) -> AuditRecord {
     }
 }
 
-type PolicyRow = (i64, String, String, String, Option<String>, String, bool, i64, i64);
+type PolicyRow = (
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    bool,
+    i64,
+    i64,
+);
 
 const POLICY_SELECT: &str = "SELECT w.id, p.name, w.name, w.url, w.secret, w.events, w.enabled, \
      w.created_at, w.updated_at FROM webhook_policies w JOIN projects p ON p.id = w.project_id";
@@ -490,7 +503,10 @@ impl OpsStore for SqlStore {
             "{POLICY_SELECT} WHERE ($1 IS NULL AND w.enabled) OR p.name = $1 ORDER BY w.id"
         );
         let rows: Vec<PolicyRow> = with_read!(self, |p| {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(project).fetch_all(p).await?
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(project)
+                .fetch_all(p)
+                .await?
         });
         Ok(rows.into_iter().map(policy_from_row).collect())
     }
@@ -626,7 +642,16 @@ impl OpsStore for SqlStore {
     }
 
     async fn claim_deliveries(&self, lease_ms: i64, limit: u32) -> Result<Vec<DueDelivery>> {
-        type Row = (i64, i64, String, Option<String>, String, String, String, i32);
+        type Row = (
+            i64,
+            i64,
+            String,
+            Option<String>,
+            String,
+            String,
+            String,
+            i32,
+        );
         let rows: Vec<Row> = with_write!(self, |p| {
             let mut tx = p.begin().await?;
             let now = now_ms();
@@ -722,7 +747,18 @@ impl OpsStore for SqlStore {
         before: Option<i64>,
         limit: u32,
     ) -> Result<Vec<DeliveryRecord>> {
-        type Row = (i64, i64, String, String, String, i32, i64, i64, Option<i64>, String);
+        type Row = (
+            i64,
+            i64,
+            String,
+            String,
+            String,
+            i32,
+            i64,
+            i64,
+            Option<i64>,
+            String,
+        );
         type AttemptRow = (i64, i32, i64, Option<i32>, Option<String>, i64);
         let (rows, attempts): (Vec<Row>, Vec<AttemptRow>) = with_read!(self, |p| {
             let rows: Vec<Row> = sqlx::query_as(
@@ -823,6 +859,9 @@ impl OpsStore for SqlStore {
                 .fetch_all(p)
                 .await?
         });
-        Ok(rows.into_iter().map(|(p, b)| (p, b.max(0) as u64)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(p, b)| (p, b.max(0) as u64))
+            .collect())
     }
 }

@@ -48,6 +48,8 @@ impl Default for AuditConfig {
     }
 }
 
+// Nearly every message is an entry; boxing them would add an allocation per record.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Entry(AuditEntry),
     Flush(oneshot::Sender<()>),
@@ -129,7 +131,11 @@ impl AuditLog {
     }
 
     /// Removes records older than `age`; the purge itself is recorded.
-    pub async fn purge_older_than(&self, age: Duration, actor: &EventContext) -> kura_metadata::Result<u64> {
+    pub async fn purge_older_than(
+        &self,
+        age: Duration,
+        actor: &EventContext,
+    ) -> kura_metadata::Result<u64> {
         self.flush().await;
         let cutoff = kura_metadata::now_ms() - age.as_millis().min(i64::MAX as u128) as i64;
         let n = self.store.purge_audit(cutoff).await?;
@@ -192,7 +198,11 @@ impl EventSink for AuditLog {
                 previous,
             } => {
                 // A manifest the repository already held, put under a tag: a retag (tag move).
-                let action = if !created && *tag_changed { "tag" } else { "push" };
+                let action = if !created && *tag_changed {
+                    "tag"
+                } else {
+                    "push"
+                };
                 let resource = match tag {
                     Some(t) => format!("{repository}:{t}"),
                     None => format!("{repository}@{digest}"),
@@ -216,7 +226,13 @@ impl EventSink for AuditLog {
                 } else {
                     format!("{repository}:{reference}")
                 };
-                e("pull", "artifact", resource, repository, json!({ "digest": digest }))
+                e(
+                    "pull",
+                    "artifact",
+                    resource,
+                    repository,
+                    json!({ "digest": digest }),
+                )
             }
             RegistryEvent::ManifestDeleted {
                 repository,
@@ -337,11 +353,7 @@ impl EventSink for AuditLog {
     }
 }
 
-async fn writer(
-    store: Arc<dyn OpsStore>,
-    mut rx: mpsc::Receiver<Msg>,
-    syslog: Option<Syslog>,
-) {
+async fn writer(store: Arc<dyn OpsStore>, mut rx: mpsc::Receiver<Msg>, syslog: Option<Syslog>) {
     const BATCH: usize = 512;
     let mut entries = Vec::with_capacity(BATCH);
     let mut waiters = Vec::new();
@@ -419,10 +431,7 @@ impl Syslog {
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
             .unwrap_or_else(|| "-".into());
         let body = serde_json::to_string(r).unwrap_or_default();
-        let msg = format!(
-            "<{pri}>1 {ts} {} kura - audit - {body}",
-            self.hostname
-        );
+        let msg = format!("<{pri}>1 {ts} {} kura - audit - {body}", self.hostname);
         if let Err(e) = self.socket.send_to(msg.as_bytes(), self.target) {
             tracing::warn!(error = %e, "could not forward an audit record to syslog");
         }

@@ -55,34 +55,117 @@ impl EventSink for RegistryMetrics {
 /// Describes the metrics (HELP lines) once the recorder is installed.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("kura_http_requests_total", "HTTP requests by route template, method and status");
-    describe_histogram!("kura_http_request_duration_seconds", Unit::Seconds, "HTTP request latency until the response head, by route template and method");
-    describe_counter!("kura_http_received_bytes_total", Unit::Bytes, "Request body bytes received, by route template");
-    describe_counter!("kura_http_sent_bytes_total", Unit::Bytes, "Response body bytes sent, by route template");
+    describe_counter!(
+        "kura_http_requests_total",
+        "HTTP requests by route template, method and status"
+    );
+    describe_histogram!(
+        "kura_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency until the response head, by route template and method"
+    );
+    describe_counter!(
+        "kura_http_received_bytes_total",
+        Unit::Bytes,
+        "Request body bytes received, by route template"
+    );
+    describe_counter!(
+        "kura_http_sent_bytes_total",
+        Unit::Bytes,
+        "Response body bytes sent, by route template"
+    );
     describe_gauge!("kura_http_requests_in_flight", "Requests being served");
-    describe_counter!("kura_registry_events_total", "Registry events (pushes, pulls, deletes, ...) by kind");
-    describe_counter!("kura_blob_pushed_bytes_total", Unit::Bytes, "Bytes of blobs committed");
-    describe_gauge!("kura_uploads_in_progress", "Open upload sessions (whole cluster)");
-    describe_gauge!("kura_project_storage_bytes", Unit::Bytes, "Stored bytes per project (distinct blobs)");
-    describe_gauge!("kura_db_pool_connections", "Database pool connections by pool and state");
-    describe_gauge!("kura_db_pool_max_connections", "Database pool size limit by pool");
+    describe_counter!(
+        "kura_registry_events_total",
+        "Registry events (pushes, pulls, deletes, ...) by kind"
+    );
+    describe_counter!(
+        "kura_blob_pushed_bytes_total",
+        Unit::Bytes,
+        "Bytes of blobs committed"
+    );
+    describe_gauge!(
+        "kura_uploads_in_progress",
+        "Open upload sessions (whole cluster)"
+    );
+    describe_gauge!(
+        "kura_project_storage_bytes",
+        Unit::Bytes,
+        "Stored bytes per project (distinct blobs)"
+    );
+    describe_gauge!(
+        "kura_db_pool_connections",
+        "Database pool connections by pool and state"
+    );
+    describe_gauge!(
+        "kura_db_pool_max_connections",
+        "Database pool size limit by pool"
+    );
     describe_counter!("kura_gc_runs_total", "Garbage-collection runs finished");
-    describe_counter!("kura_gc_deleted_blobs_total", "Blobs removed by garbage collection");
-    describe_counter!("kura_gc_deleted_bytes_total", Unit::Bytes, "Bytes removed by garbage collection");
-    describe_counter!("kura_gc_deleted_manifests_total", "Manifests removed by garbage collection");
-    describe_gauge!("kura_gc_last_run_timestamp_seconds", Unit::Seconds, "When the last real GC run finished (Unix time)");
+    describe_counter!(
+        "kura_gc_deleted_blobs_total",
+        "Blobs removed by garbage collection"
+    );
+    describe_counter!(
+        "kura_gc_deleted_bytes_total",
+        Unit::Bytes,
+        "Bytes removed by garbage collection"
+    );
+    describe_counter!(
+        "kura_gc_deleted_manifests_total",
+        "Manifests removed by garbage collection"
+    );
+    describe_gauge!(
+        "kura_gc_last_run_timestamp_seconds",
+        Unit::Seconds,
+        "When the last real GC run finished (Unix time)"
+    );
     describe_counter!("kura_retention_runs_total", "Retention runs finished");
-    describe_counter!("kura_retention_deleted_artifacts_total", "Artifacts deleted by retention");
-    describe_counter!("kura_quota_exceeded_total", "Pushes refused by a project quota");
-    describe_counter!("kura_audit_records_total", "Audit records queued, by action");
-    describe_counter!("kura_audit_dropped_total", "Audit records dropped because the queue was full");
-    describe_counter!("kura_webhook_deliveries_total", "Webhook delivery attempts by outcome");
-    describe_histogram!("kura_webhook_delivery_duration_seconds", Unit::Seconds, "Webhook request duration");
-    describe_counter!("kura_webhook_events_dropped_total", "Events not announced because the webhook queue was full");
-    describe_gauge!("process_resident_memory_bytes", Unit::Bytes, "Resident memory size");
-    describe_gauge!("process_virtual_memory_bytes", Unit::Bytes, "Virtual memory size");
+    describe_counter!(
+        "kura_retention_deleted_artifacts_total",
+        "Artifacts deleted by retention"
+    );
+    describe_counter!(
+        "kura_quota_exceeded_total",
+        "Pushes refused by a project quota"
+    );
+    describe_counter!(
+        "kura_audit_records_total",
+        "Audit records queued, by action"
+    );
+    describe_counter!(
+        "kura_audit_dropped_total",
+        "Audit records dropped because the queue was full"
+    );
+    describe_counter!(
+        "kura_webhook_deliveries_total",
+        "Webhook delivery attempts by outcome"
+    );
+    describe_histogram!(
+        "kura_webhook_delivery_duration_seconds",
+        Unit::Seconds,
+        "Webhook request duration"
+    );
+    describe_counter!(
+        "kura_webhook_events_dropped_total",
+        "Events not announced because the webhook queue was full"
+    );
+    describe_gauge!(
+        "process_resident_memory_bytes",
+        Unit::Bytes,
+        "Resident memory size"
+    );
+    describe_gauge!(
+        "process_virtual_memory_bytes",
+        Unit::Bytes,
+        "Virtual memory size"
+    );
     describe_gauge!("process_open_fds", "Open file descriptors");
-    describe_gauge!("process_start_time_seconds", Unit::Seconds, "Start time of the process since the Unix epoch");
+    describe_gauge!(
+        "process_start_time_seconds",
+        Unit::Seconds,
+        "Start time of the process since the Unix epoch"
+    );
 }
 
 /// Sets the scrape-time gauges. Database reads are cheap (a count and one row per project).

@@ -286,7 +286,7 @@ async fn matcher(w: Arc<Webhooks>, mut rx: mpsc::Receiver<(String, Value, String
         for (kind, mut payload, project) in batch {
             for p in policies
                 .iter()
-                .filter(|p| p.enabled && p.project == project && p.events.iter().any(|e| *e == kind))
+                .filter(|p| p.enabled && p.project == project && p.events.contains(&kind))
             {
                 let event_id = uuid::Uuid::new_v4().to_string();
                 payload["id"] = Value::String(event_id.clone());
@@ -334,7 +334,10 @@ async fn dispatcher(w: Arc<Webhooks>) {
     };
     let slots = Arc::new(Semaphore::new(w.config.concurrency.max(1)));
     // Retries come due without anyone waking us: poll at least as often as the shortest delay.
-    let poll = w.config.backoff_base.clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let poll = w
+        .config
+        .backoff_base
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
     let lease = (w.config.timeout * 3).as_millis() as i64 + 1000;
     let mut last_purge = Instant::now();
     loop {
@@ -393,7 +396,10 @@ async fn deliver(w: &Webhooks, client: &reqwest::Client, d: DueDelivery) {
         .header("X-Kura-Delivery", d.id.to_string())
         .header("X-Kura-Attempt", attempt.to_string());
     if let Some(secret) = &d.secret {
-        req = req.header("X-Kura-Signature-256", signature(secret, d.payload.as_bytes()));
+        req = req.header(
+            "X-Kura-Signature-256",
+            signature(secret, d.payload.as_bytes()),
+        );
     }
     let result = req.body(d.payload.clone()).send().await;
     let duration = started.elapsed();

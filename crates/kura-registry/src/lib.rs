@@ -28,8 +28,8 @@ use kura_metadata::{Metadata, RepositoryFilter};
 use kura_oci::RepositoryName;
 use kura_storage::BlobStore;
 
-pub use error::{RegistryError, Result};
 pub use context::{Actor, ActorKind, EventContext};
+pub use error::{RegistryError, Result};
 pub use events::{DeleteCause, EventSink, RegistryEvent};
 pub use manifests::{ManifestContent, ManifestPushed, TagPage};
 pub use pulls::PullRecorder;

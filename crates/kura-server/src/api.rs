@@ -66,7 +66,20 @@ impl Modify for Security {
 
 /// The management routes and their OpenAPI document.
 pub fn routes() -> Router<AppState> {
-    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, doc) = routes_and_doc();
+    let doc = std::sync::Arc::new(doc);
+    router.route(
+        "/api/v1/openapi.json",
+        axum::routing::get(move || {
+            let doc = doc.clone();
+            async move { Json(doc.as_ref().clone()) }
+        }),
+    )
+}
+
+/// The management routes with the OpenAPI document describing them.
+pub(crate) fn routes_and_doc() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(list_users, create_user))
         .routes(routes!(current_user))
         .routes(routes!(update_user, delete_user))
@@ -115,15 +128,7 @@ pub fn routes() -> Router<AppState> {
             ops_api::delete_webhook
         ))
         .routes(routes!(ops_api::list_deliveries))
-        .split_for_parts();
-    let doc = std::sync::Arc::new(doc);
-    router.route(
-        "/api/v1/openapi.json",
-        axum::routing::get(move || {
-            let doc = doc.clone();
-            async move { Json(doc.as_ref().clone()) }
-        }),
-    )
+        .split_for_parts()
 }
 
 // --- wire types --------------------------------------------------------------------------------

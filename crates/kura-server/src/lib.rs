@@ -86,10 +86,12 @@ pub fn router(state: AppState) -> Router {
     let mut app = Router::new()
         .merge(v2::routes())
         .merge(health::routes())
-        .merge(api::routes().route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            audit::audit_management,
-        )))
+        .merge(
+            api::routes().route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                audit::audit_management,
+            )),
+        )
         .route("/token", axum::routing::get(auth::token));
     if let Some((handle, store)) = state.ops.prometheus.clone() {
         app = app.merge(metrics_routes(handle, store));
@@ -97,7 +99,10 @@ pub fn router(state: AppState) -> Router {
     app.route_layer(axum::middleware::from_fn(observe::tag_route))
         .with_state(state.clone())
         .layer(CatchPanicLayer::custom(errors::panic_response))
-        .layer(axum::middleware::from_fn_with_state(state, observe::observe))
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            observe::observe,
+        ))
         .layer(trace)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeUuid))

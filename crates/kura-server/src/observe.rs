@@ -116,7 +116,8 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
     metrics::histogram!("kura_http_request_duration_seconds", "route" => route.clone(), "method" => method)
         .record(started.elapsed().as_secs_f64());
     let got = received.load(std::sync::atomic::Ordering::Relaxed);
-    let received_total = metrics::counter!("kura_http_received_bytes_total", "route" => route.clone());
+    let received_total =
+        metrics::counter!("kura_http_received_bytes_total", "route" => route.clone());
     received_total.increment(got);
     let sent = metrics::counter!("kura_http_sent_bytes_total", "route" => route);
     resp.map(|b| {

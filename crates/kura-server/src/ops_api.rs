@@ -217,7 +217,13 @@ pub(crate) async fn project_audit(
     project_action(&state, &id, &name, Action::ManageProject).await?;
     let mut f = filter(&q)?;
     f.project = Some(name.clone());
-    audit_page(&state, &format!("/api/v1/projects/{name}/audit-logs"), &q, f).await
+    audit_page(
+        &state,
+        &format!("/api/v1/projects/{name}/audit-logs"),
+        &q,
+        f,
+    )
+    .await
 }
 
 /// The audit log as JSON lines (`application/x-ndjson`), oldest first, streamed; same
@@ -313,8 +319,8 @@ pub(crate) async fn purge_audit(
 ) -> ApiResult {
     let id = who(&state, &headers).await?;
     require_admin(&id)?;
-    let p: PurgeIn = serde_json::from_slice(&body)
-        .map_err(|e| invalid(&format!("invalid JSON body: {e}")))?;
+    let p: PurgeIn =
+        serde_json::from_slice(&body).map_err(|e| invalid(&format!("invalid JSON body: {e}")))?;
     let Some(audit) = &state.ops.audit else {
         return Err(unavailable("the audit log"));
     };
@@ -427,7 +433,11 @@ fn webhooks_of(state: &AppState) -> Result<&std::sync::Arc<kura_ops::Webhooks>, 
         .ok_or_else(|| unavailable("webhooks"))
 }
 
-async fn manage(state: &AppState, headers: &HeaderMap, project: &str) -> Result<Identity, Response> {
+async fn manage(
+    state: &AppState,
+    headers: &HeaderMap,
+    project: &str,
+) -> Result<Identity, Response> {
     let id = who(state, headers).await?;
     project_action(state, &id, project, Action::ManageProject).await?;
     Ok(id)
@@ -448,7 +458,11 @@ pub(crate) async fn list_webhooks(
 ) -> ApiResult {
     manage(&state, &headers, &name).await?;
     let w = webhooks_of(&state)?;
-    let list = w.store().webhook_policies(Some(&name)).await.map_err(internal)?;
+    let list = w
+        .store()
+        .webhook_policies(Some(&name))
+        .await
+        .map_err(internal)?;
     Ok(Json(list.into_iter().map(WebhookOut::from).collect::<Vec<_>>()).into_response())
 }
 
@@ -470,10 +484,15 @@ pub(crate) async fn create_webhook(
 ) -> ApiResult {
     manage(&state, &headers, &name).await?;
     let w = webhooks_of(&state)?;
-    let input: WebhookIn = serde_json::from_slice(&body)
-        .map_err(|e| invalid(&format!("invalid JSON body: {e}")))?;
+    let input: WebhookIn =
+        serde_json::from_slice(&body).map_err(|e| invalid(&format!("invalid JSON body: {e}")))?;
     let spec = spec(input)?;
-    let id = match w.store().create_webhook(&name, &spec).await.map_err(internal)? {
+    let id = match w
+        .store()
+        .create_webhook(&name, &spec)
+        .await
+        .map_err(internal)?
+    {
         Ok(id) => id,
         Err(c) => return Err(conflict(c, &name, &spec.name)),
     };
@@ -549,10 +568,15 @@ pub(crate) async fn update_webhook(
 ) -> ApiResult {
     manage(&state, &headers, &name).await?;
     let w = webhooks_of(&state)?;
-    let input: WebhookIn = serde_json::from_slice(&body)
-        .map_err(|e| invalid(&format!("invalid JSON body: {e}")))?;
+    let input: WebhookIn =
+        serde_json::from_slice(&body).map_err(|e| invalid(&format!("invalid JSON body: {e}")))?;
     let spec = spec(input)?;
-    match w.store().update_webhook(&name, id, &spec).await.map_err(internal)? {
+    match w
+        .store()
+        .update_webhook(&name, id, &spec)
+        .await
+        .map_err(internal)?
+    {
         Ok(true) => {}
         Ok(false) => return Err(not_found(id)),
         Err(c) => return Err(conflict(c, &name, &spec.name)),
@@ -580,7 +604,12 @@ pub(crate) async fn delete_webhook(
 ) -> ApiResult {
     manage(&state, &headers, &name).await?;
     let w = webhooks_of(&state)?;
-    if !w.store().delete_webhook(&name, id).await.map_err(internal)? {
+    if !w
+        .store()
+        .delete_webhook(&name, id)
+        .await
+        .map_err(internal)?
+    {
         return Err(not_found(id));
     }
     w.policies_changed();
@@ -609,21 +638,29 @@ pub(crate) async fn list_deliveries(
         .ok_or_else(|| not_found(id))?;
     let n = q
         .get("n")
-        .map(|v| v.parse::<u32>().map_err(|_| invalid("n must be a non-negative integer")))
+        .map(|v| {
+            v.parse::<u32>()
+                .map_err(|_| invalid("n must be a non-negative integer"))
+        })
         .transpose()?
         .unwrap_or(100)
         .min(MAX_PAGE);
     let last = q
         .get("last")
         .filter(|v| !v.is_empty())
-        .map(|v| v.parse::<i64>().map_err(|_| invalid("last must be a delivery id")))
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| invalid("last must be a delivery id"))
+        })
         .transpose()?;
     let rows = w
         .store()
         .webhook_deliveries(id, last, n)
         .await
         .map_err(internal)?;
-    let next = (n > 0 && rows.len() == n as usize).then(|| rows.last().map(|d| d.id)).flatten();
+    let next = (n > 0 && rows.len() == n as usize)
+        .then(|| rows.last().map(|d| d.id))
+        .flatten();
     let mut resp = Json(rows).into_response();
     if let Some(last) = next
         && let Ok(v) = HeaderValue::from_str(&format!(

@@ -49,7 +49,10 @@ pub fn run(args: AuditArgs) -> ExitCode {
     match outcome {
         Ok(report) => {
             if v.json {
-                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
             } else if let Some(b) = &report.broken {
                 println!(
                     "audit log BROKEN at record {}: {} ({} records verified before it)",

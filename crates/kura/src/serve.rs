@@ -268,8 +268,8 @@ async fn serve(s: Settings) -> Result<(), String> {
 fn install_metrics_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     const LATENCY: &[f64] = &[
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        30.0, 60.0,
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        60.0,
     ];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
