@@ -291,6 +291,8 @@ pub trait LifecycleStore: Send + Sync + 'static {
         after: Option<&RepoDigest>,
         limit: u32,
     ) -> Result<Vec<RepoDigest>>;
+    /// The name of a repository by id (for announcing what GC removed).
+    async fn repository_name(&self, id: i64) -> Result<Option<String>>;
     async fn gc_delete_manifests(
         &self,
         p: &GcParams,
@@ -1170,6 +1172,17 @@ impl LifecycleStore for SqlStore {
     ) -> Result<Vec<RepoDigest>> {
         self.keyset_candidates("manifests", "m", manifest_collectable(p, "m"), after, limit)
             .await
+    }
+
+    async fn repository_name(&self, id: i64) -> Result<Option<String>> {
+        with_read!(self, |p| {
+            Ok(
+                sqlx::query_scalar("SELECT name FROM repositories WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(p)
+                    .await?,
+            )
+        })
     }
 
     async fn gc_delete_manifests(

@@ -565,6 +565,17 @@ impl OpsStore for SqlStore {
     ) -> Result<Result<bool, WebhookConflict>> {
         let events = serde_json::to_string(&spec.events).unwrap_or_else(|_| "[]".into());
         with_write!(self, |p| {
+            let exists: Option<i64> = sqlx::query_scalar(
+                "SELECT w.id FROM webhook_policies w JOIN projects p ON p.id = w.project_id \
+                 WHERE p.name = $1 AND w.id = $2",
+            )
+            .bind(project)
+            .bind(id)
+            .fetch_optional(p)
+            .await?;
+            if exists.is_none() {
+                return Ok(Ok(false));
+            }
             let taken: Option<i64> = sqlx::query_scalar(
                 "SELECT w.id FROM webhook_policies w JOIN projects p ON p.id = w.project_id \
                  WHERE p.name = $1 AND w.name = $2 AND w.id <> $3",
@@ -659,9 +670,11 @@ impl OpsStore for SqlStore {
             // for the row re-checks it and skips rows another replica just leased.
             let ids: Vec<i64> = sqlx::query_scalar(
                 "UPDATE webhook_deliveries SET lease_until = $2 WHERE id IN (\
-                   SELECT id FROM webhook_deliveries WHERE status = 'pending' \
-                   AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until < $1) \
-                   ORDER BY next_attempt_at LIMIT $3) \
+                   SELECT d.id FROM webhook_deliveries d \
+                   JOIN webhook_policies w ON w.id = d.policy_id AND w.enabled \
+                   WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
+                   AND (d.lease_until IS NULL OR d.lease_until < $1) \
+                   ORDER BY d.next_attempt_at LIMIT $3) \
                  AND status = 'pending' AND (lease_until IS NULL OR lease_until < $1) \
                  RETURNING id",
             )
@@ -795,7 +808,7 @@ impl OpsStore for SqlStore {
                 policy_id: r.1,
                 event_type: r.2,
                 event_id: r.3,
-                next_attempt_at: (r.4 == "pending").then_some(r.7),
+                next_attempt_at: (r.4 == "pending").then_some(r.6),
                 status: r.4,
                 attempts: r.5.max(0) as u32,
                 created_at: r.7,

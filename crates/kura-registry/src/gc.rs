@@ -26,7 +26,7 @@ use kura_metadata::{BlobCandidate, GcParams, RepoDigest, RunProgress, RunRecord,
 use kura_oci::ErrorCode;
 use serde::{Deserialize, Serialize};
 
-use crate::{Registry, RegistryError, RegistryEvent, Result};
+use crate::{DeleteCause, Registry, RegistryError, RegistryEvent, Result};
 
 pub const KIND: &str = "gc";
 const PHASES: &[&str] = &["pending", "trash", "manifests", "links", "blobs", "orphans"];
@@ -286,6 +286,31 @@ impl Registry {
         }
     }
 
+    /// Announces manifests GC moved to the deleted area (untagged ones, referrers whose
+    /// subject is gone), so audit and webhooks see them like any other deletion.
+    async fn announce_gc_deletions(&self, deleted: &[(i64, String)]) {
+        let mut names: std::collections::HashMap<i64, Option<String>> = Default::default();
+        for (rid, digest) in deleted {
+            if !names.contains_key(rid) {
+                let name = self
+                    .inner
+                    .meta
+                    .repository_name(*rid)
+                    .await
+                    .unwrap_or_default();
+                names.insert(*rid, name);
+            }
+            if let Some(Some(repository)) = names.get(rid) {
+                self.emit(RegistryEvent::ManifestDeleted {
+                    repository: repository.clone(),
+                    digest: digest.clone(),
+                    tags: Vec::new(),
+                    cause: DeleteCause::GarbageCollection,
+                });
+            }
+        }
+    }
+
     async fn gc_phase(
         &self,
         run_id: i64,
@@ -368,7 +393,11 @@ impl Registry {
                 let pr = |deleted: &[RepoDigest]| progress(phase, &cur, &apply(&before, deleted));
                 let deleted = match phase {
                     "trash" => meta.gc_purge_trash(p, &page, &pr).await?,
-                    "manifests" => meta.gc_delete_manifests(p, &page, &pr).await?,
+                    "manifests" => {
+                        let deleted = meta.gc_delete_manifests(p, &page, &pr).await?;
+                        self.announce_gc_deletions(&deleted).await;
+                        deleted
+                    }
                     _ => meta.gc_delete_links(p, &page, &pr).await?,
                 };
                 *result = apply(&before, &deleted);
