@@ -75,7 +75,14 @@ impl MakeRequestId for MakeUuid {
 
 /// Builds the complete application router.
 pub fn router(state: AppState) -> Router {
-    let trace = TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+    // One access-log line per response at INFO (silence with RUST_LOG=tower_http=warn).
+    let trace = TraceLayer::new_for_http()
+        .on_response(
+            tower_http::trace::DefaultOnResponse::new()
+                .level(tracing::Level::INFO)
+                .latency_unit(tower_http::LatencyUnit::Micros),
+        )
+        .make_span_with(|req: &Request<_>| {
         let id = req
             .headers()
             .get(REQUEST_ID)

@@ -89,7 +89,13 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
     if !state.ops.metrics {
         return context::scope(ctx, next.run(req)).await;
     }
-    let method = req.method().as_str().to_string();
+    // Methods come from clients: anything but the standard ones is one label value, so a
+    // client cannot create series at will.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "HEAD" | "PUT" | "POST" | "PATCH" | "DELETE" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_string();
     let path = req.uri().path().to_string();
     // Bytes are counted under the template once it is known; request bodies are read before
     // the response exists, so they are counted into a cell and added at the end.
@@ -100,10 +106,11 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
             on_data: CountTarget::Cell(received.clone()),
         })
     });
-    let in_flight = metrics::gauge!("kura_http_requests_in_flight");
-    in_flight.increment(1.0);
+    // A guard, not a decrement after the await: the server drops the future of a request
+    // whose client went away, and the gauge must come down then too.
+    let in_flight = InFlight::enter();
     let resp = context::scope(ctx, next.run(req)).await;
-    in_flight.decrement(1.0);
+    drop(in_flight);
     let template: Arc<str> = match resp.extensions().get::<RouteTemplate>() {
         Some(RouteTemplate(t)) if t.as_ref() == "/v2/{*rest}" => Arc::from(v2_template(&path)),
         Some(RouteTemplate(t)) => t.clone(),
@@ -126,6 +133,22 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
             on_data: CountTarget::Counter(sent),
         })
     })
+}
+
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn enter() -> InFlight {
+        let g = metrics::gauge!("kura_http_requests_in_flight");
+        g.increment(1.0);
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 enum CountTarget {
