@@ -143,7 +143,7 @@ impl AuditLog {
             actor,
             "audit.purge",
             "audit_log",
-            "audit-logs".into(),
+            "audit-logs/purge".into(),
             None,
             true,
             json!({ "removed": n, "older_than": cutoff }),
@@ -430,7 +430,11 @@ impl Syslog {
         let ts = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(r.entry.at)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
             .unwrap_or_else(|| "-".into());
-        let body = serde_json::to_string(r).unwrap_or_default();
+        // The record as the API shows it: detail as an object, plus a readable time.
+        let mut v = serde_json::to_value(r).unwrap_or_default();
+        v["detail"] = serde_json::from_str(&r.entry.detail).unwrap_or(serde_json::Value::Null);
+        v["time"] = serde_json::Value::String(ts.clone());
+        let body = v.to_string();
         let msg = format!("<{pri}>1 {ts} {} kura - audit - {body}", self.hostname);
         if let Err(e) = self.socket.send_to(msg.as_bytes(), self.target) {
             tracing::warn!(error = %e, "could not forward an audit record to syslog");

@@ -797,6 +797,11 @@ async fn create_robot(
         )
         .await
         .map_err(error)?;
+    // The stored name (robot$project+name) is what later records of this robot carry.
+    kura_registry::context::note_resource(
+        format!("robots/{}", robot.name),
+        robot.project.as_deref(),
+    );
     let out = RobotCreated {
         robot: RobotOut::from(&robot),
         secret,
