@@ -388,7 +388,7 @@ fn spec(w: WebhookIn) -> Result<WebhookSpec, Response> {
     if w.name.is_empty() || w.name.len() > 128 {
         return Err(invalid("name must be 1 to 128 characters"));
     }
-    let url = reqwest_like_url(&w.url)?;
+    let url = checked_url(&w.url)?;
     if w.events.is_empty() {
         return Err(invalid("events must name at least one event type"));
     }
@@ -412,7 +412,7 @@ fn spec(w: WebhookIn) -> Result<WebhookSpec, Response> {
     })
 }
 
-fn reqwest_like_url(u: &str) -> Result<String, Response> {
+fn checked_url(u: &str) -> Result<String, Response> {
     let ok = (u.starts_with("http://") || u.starts_with("https://"))
         && u.len() <= 2048
         && u.split_once("://").is_some_and(|(_, rest)| {
