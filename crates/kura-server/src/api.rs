@@ -349,7 +349,7 @@ pub(crate) async fn who(state: &AppState, headers: &HeaderMap) -> Result<Identit
 }
 
 /// `n` and `last` of a list request.
-fn page(q: &HashMap<String, String>) -> Result<(u32, Option<String>), Response> {
+pub(crate) fn page(q: &HashMap<String, String>) -> Result<(u32, Option<String>), Response> {
     let n = match q.get("n") {
         None => 100,
         Some(n) => n.parse::<u32>().map_err(|_| {

@@ -61,7 +61,7 @@ pub(crate) async fn project_action(
     }
 }
 
-fn invalid(msg: &str) -> Response {
+pub(crate) fn invalid(msg: &str) -> Response {
     api_error(StatusCode::BAD_REQUEST, "INVALID", msg)
 }
 

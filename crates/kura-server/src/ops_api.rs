@@ -19,11 +19,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::api::{ApiResult, ErrorBody, time, who};
+use crate::api::{ApiResult, ErrorBody, page, time, who};
 use crate::auth::api_error;
-use crate::lifecycle_api::{project_action, require_admin};
-
-const MAX_PAGE: u32 = 1000;
+use crate::lifecycle_api::{invalid, project_action, require_admin};
 
 fn unavailable(what: &str) -> Response {
     api_error(
@@ -42,8 +40,16 @@ fn internal(e: impl std::fmt::Display) -> Response {
     )
 }
 
-fn invalid(msg: &str) -> Response {
-    api_error(StatusCode::BAD_REQUEST, "INVALID", msg)
+/// `n` and `last` of a list keyed by a numeric id (`last` = the previous page's last id).
+fn id_page(q: &HashMap<String, String>, what: &str) -> Result<(u32, Option<i64>), Response> {
+    let (n, last) = page(q)?;
+    let last = last
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| invalid(&format!("last must be {what}")))
+        })
+        .transpose()?;
+    Ok((n, last))
 }
 
 /// A time bound: RFC 3339 or milliseconds since the epoch.
@@ -126,20 +132,7 @@ async fn audit_page(
     let Some(audit) = &state.ops.audit else {
         return Err(unavailable("the audit log"));
     };
-    let n = match q.get("n") {
-        Some(n) => n
-            .parse::<u32>()
-            .map_err(|_| invalid("n must be a non-negative integer"))?,
-        None => 100,
-    }
-    .min(MAX_PAGE);
-    let before = match q.get("last").filter(|v| !v.is_empty()) {
-        Some(v) => Some(
-            v.parse::<i64>()
-                .map_err(|_| invalid("last must be a record's seq"))?,
-        ),
-        None => None,
-    };
+    let (n, before) = id_page(q, "a record's seq")?;
     let rows = audit.query(&f, before, n).await.map_err(internal)?;
     let next = (n > 0 && rows.len() == n as usize)
         .then(|| rows.last().map(|r| r.seq))
@@ -636,23 +629,7 @@ pub(crate) async fn list_deliveries(
         .await
         .map_err(internal)?
         .ok_or_else(|| not_found(id))?;
-    let n = q
-        .get("n")
-        .map(|v| {
-            v.parse::<u32>()
-                .map_err(|_| invalid("n must be a non-negative integer"))
-        })
-        .transpose()?
-        .unwrap_or(100)
-        .min(MAX_PAGE);
-    let last = q
-        .get("last")
-        .filter(|v| !v.is_empty())
-        .map(|v| {
-            v.parse::<i64>()
-                .map_err(|_| invalid("last must be a delivery id"))
-        })
-        .transpose()?;
+    let (n, last) = id_page(&q, "a delivery id")?;
     let rows = w
         .store()
         .webhook_deliveries(id, last, n)
