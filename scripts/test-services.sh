@@ -41,6 +41,8 @@ start_test_services() {
   done
   export KURA_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
   export KURA_TEST_S3_BUCKET="kura-test"
+  # Where s3s-fs keeps the bucket's objects: tests remove their own prefix there when done.
+  export KURA_TEST_S3_DIR="$root/s3/kura-test"
   export AWS_ACCESS_KEY_ID="kuratest" AWS_SECRET_ACCESS_KEY="kuratestsecret" AWS_REGION="us-east-1"
   trap stop_test_services EXIT
   echo "test services: PostgreSQL at $KURA_TEST_PG_URL, S3 at $KURA_TEST_S3_ENDPOINT"

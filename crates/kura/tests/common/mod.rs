@@ -29,6 +29,7 @@ pub struct KuraServer {
     /// `http://127.0.0.1:PORT`
     pub base_url: String,
     pub data_dir: PathBuf,
+    backends: Backends,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -111,6 +112,7 @@ impl KuraServer {
             base_url: format!("http://{addr}"),
             addr,
             data_dir: data_dir.to_path_buf(),
+            backends: *backends,
             _tmp: None,
         }
     }
@@ -144,6 +146,11 @@ impl Drop for KuraServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A server that owns its data directory owns its database and S3 prefix too: give the
+        // space back now rather than at the end of the run (a pass creates hundreds).
+        if self._tmp.is_some() {
+            self.backends.remove_backing_data(&self.data_dir);
+        }
     }
 }
 
@@ -235,6 +242,35 @@ impl Backends {
             );
         }
         args
+    }
+
+    /// Drops the database and removes the S3 prefix named in `data_dir` (best effort; the
+    /// S3 objects are removed where s3s-fs keeps them, `KURA_TEST_S3_DIR`).
+    pub fn remove_backing_data(&self, data_dir: &Path) {
+        let Ok(names) = std::fs::read_to_string(data_dir.join(".test-backends")) else {
+            return;
+        };
+        let mut it = names.lines();
+        let (db, prefix) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+        if self.postgres
+            && !db.is_empty()
+            && let Ok(base) = std::env::var("KURA_TEST_PG_URL")
+        {
+            let admin = format!("{}/postgres", base.trim_end_matches('/'));
+            let _ = Command::new("psql")
+                .args([
+                    &admin,
+                    "-qc",
+                    &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+                ])
+                .output();
+        }
+        if self.s3
+            && !prefix.is_empty()
+            && let Ok(dir) = std::env::var("KURA_TEST_S3_DIR")
+        {
+            let _ = std::fs::remove_dir_all(Path::new(&dir).join(prefix));
+        }
     }
 
     /// Makes `other_dir` use the same database and S3 prefix as `data_dir` (replicas).
