@@ -113,6 +113,102 @@ pub struct RetentionResult {
     pub deletions: Vec<RetentionDecision>,
 }
 
+/// An ad-hoc prune (`kura prune`): where a policy says what to keep, a prune says what to
+/// delete. It runs through the same machinery (run record, accessories, immutability, events).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PruneSpec {
+    /// Glob over the repository path inside the project.
+    #[serde(default = "star")]
+    pub repositories: String,
+    /// Candidates are the tagged artifacts all of whose tags match this glob (an artifact that
+    /// also carries a non-matching tag is kept).
+    #[serde(default = "star")]
+    pub tags: String,
+    /// Candidates are the untagged artifacts instead (`dangling=true`).
+    #[serde(default)]
+    pub untagged: bool,
+    /// Only candidates pushed longer ago than this.
+    #[serde(default)]
+    pub older_than_secs: Option<u64>,
+    /// Keep the N most recently pushed candidates.
+    #[serde(default)]
+    pub keep: Option<u32>,
+}
+
+impl PruneSpec {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        for g in [&self.repositories, &self.tags] {
+            if g.is_empty() || g.len() > 255 || g.chars().any(char::is_control) {
+                return Err(format!("invalid glob {g:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a run applies: the project's stored policy or an ad-hoc prune.
+#[derive(Debug, Clone)]
+enum Selection {
+    Policy(RetentionPolicy),
+    Prune(PruneSpec),
+}
+
+/// Top-level artifacts: not an index child, not a referrer of something present, not tagged
+/// only with accessory tags. The rest follow the artifact they belong to.
+fn top_level(artifacts: &[RetentionArtifact]) -> Vec<&RetentionArtifact> {
+    let present: HashSet<&str> = artifacts.iter().map(|a| a.digest.as_str()).collect();
+    artifacts
+        .iter()
+        .filter(|a| !a.is_child)
+        .filter(|a| a.subject.as_deref().is_none_or(|s| !present.contains(s)))
+        .filter(|a| a.tags.is_empty() || !real_tags(a).is_empty())
+        .collect()
+}
+
+fn real_tags(a: &RetentionArtifact) -> Vec<String> {
+    a.tags
+        .iter()
+        .filter(|t| !is_accessory_tag(t))
+        .cloned()
+        .collect()
+}
+
+/// Judges one repository's artifacts for a prune; returns the digests to delete.
+pub fn select_prune(
+    spec: &PruneSpec,
+    artifacts: &[RetentionArtifact],
+    immutable: &dyn Fn(&str) -> bool,
+    now: i64,
+) -> (Vec<String>, u64) {
+    let top = top_level(artifacts);
+    let mut candidates: Vec<&RetentionArtifact> = top
+        .iter()
+        .copied()
+        .filter(|a| {
+            let tags = real_tags(a);
+            if spec.untagged {
+                tags.is_empty()
+            } else {
+                !tags.is_empty()
+                    && tags.iter().all(|t| glob_match(&spec.tags, t))
+                    && !tags.iter().any(|t| immutable(t))
+            }
+        })
+        .collect();
+    candidates.sort_by(|a, b| b.pushed_at.cmp(&a.pushed_at).then(a.digest.cmp(&b.digest)));
+    let keep = spec.keep.unwrap_or(0) as usize;
+    let cutoff = spec
+        .older_than_secs
+        .map(|s| now - (s.min(i64::MAX as u64 / 1000) as i64) * 1000);
+    let delete = candidates
+        .into_iter()
+        .skip(keep)
+        .filter(|a| cutoff.is_none_or(|c| a.pushed_at < c))
+        .map(|a| a.digest.clone())
+        .collect();
+    (delete, top.len() as u64)
+}
+
 /// Judges one repository's artifacts; returns the digests to delete (top-level only).
 pub fn select_deletions(
     rules: &[&RetentionRule],
@@ -120,22 +216,7 @@ pub fn select_deletions(
     immutable: &dyn Fn(&str) -> bool,
     now: i64,
 ) -> (Vec<String>, u64) {
-    let present: HashSet<&str> = artifacts.iter().map(|a| a.digest.as_str()).collect();
-    let real_tags = |a: &RetentionArtifact| -> Vec<String> {
-        a.tags
-            .iter()
-            .filter(|t| !is_accessory_tag(t))
-            .cloned()
-            .collect()
-    };
-    // Top-level: not an index child, not a referrer of something present, not tagged only
-    // with accessory tags.
-    let top: Vec<&RetentionArtifact> = artifacts
-        .iter()
-        .filter(|a| !a.is_child)
-        .filter(|a| a.subject.as_deref().is_none_or(|s| !present.contains(s)))
-        .filter(|a| a.tags.is_empty() || !real_tags(a).is_empty())
-        .collect();
+    let top = top_level(artifacts);
     let mut retained: HashSet<&str> = HashSet::new();
     for a in &top {
         if real_tags(a).iter().any(|t| immutable(t)) {
@@ -222,6 +303,32 @@ impl Registry {
             })?;
         let policy: RetentionPolicy =
             serde_json::from_str(&record.policy).map_err(RegistryError::internal)?;
+        self.run_selection(project, Selection::Policy(policy), dry_run, trigger)
+            .await
+    }
+
+    /// Runs an ad-hoc prune of `project` (or, with `dry_run`, reports what it would delete)
+    /// and records it as a retention run.
+    pub async fn run_prune(
+        &self,
+        project: &str,
+        spec: PruneSpec,
+        dry_run: bool,
+        trigger: &str,
+    ) -> Result<RunRecord> {
+        spec.validate()
+            .map_err(|e| RegistryError::new(ErrorCode::Unsupported, e).with_status(400))?;
+        self.run_selection(project, Selection::Prune(spec), dry_run, trigger)
+            .await
+    }
+
+    async fn run_selection(
+        &self,
+        project: &str,
+        selection: Selection,
+        dry_run: bool,
+        trigger: &str,
+    ) -> Result<RunRecord> {
         if let Some(run) = self.inner.meta.running_run(KIND, Some(project)).await?
             && now_ms() - run.heartbeat_at < self.inner.config.gc.stale_after.as_millis() as i64
         {
@@ -234,7 +341,13 @@ impl Registry {
             )
             .with_status(409));
         }
-        let params = serde_json::json!({ "policy": policy, "dry_run": dry_run }).to_string();
+        let params = match &selection {
+            Selection::Policy(policy) => {
+                serde_json::json!({ "policy": policy, "dry_run": dry_run })
+            }
+            Selection::Prune(spec) => serde_json::json!({ "prune": spec, "dry_run": dry_run }),
+        }
+        .to_string();
         let empty =
             serde_json::to_string(&RetentionResult::default()).map_err(RegistryError::internal)?;
         let run_id = self
@@ -252,7 +365,7 @@ impl Registry {
             .await?;
         let mut result = RetentionResult::default();
         let outcome = self
-            .apply_retention(run_id, project, &policy, dry_run, &mut result)
+            .apply_retention(run_id, project, &selection, dry_run, &mut result)
             .await;
         let json = serde_json::to_string(&result).map_err(RegistryError::internal)?;
         match &outcome {
@@ -287,19 +400,26 @@ impl Registry {
         &self,
         run_id: i64,
         project: &str,
-        policy: &RetentionPolicy,
+        selection: &Selection,
         dry_run: bool,
         result: &mut RetentionResult,
     ) -> Result<()> {
         let now = now_ms();
         for (rid, name) in self.inner.meta.project_repository_names(project).await? {
             let path = path_in_project(&name);
-            let rules: Vec<&RetentionRule> = policy
-                .rules
-                .iter()
-                .filter(|r| glob_match(&r.repositories, path))
-                .collect();
-            if rules.is_empty() {
+            let rules: Vec<&RetentionRule> = match selection {
+                Selection::Policy(policy) => policy
+                    .rules
+                    .iter()
+                    .filter(|r| glob_match(&r.repositories, path))
+                    .collect(),
+                Selection::Prune(_) => Vec::new(),
+            };
+            let covered = match selection {
+                Selection::Policy(_) => !rules.is_empty(),
+                Selection::Prune(spec) => glob_match(&spec.repositories, path),
+            };
+            if !covered {
                 continue;
             }
             let Ok(repo) = RepositoryName::parse(&name) else {
@@ -312,7 +432,10 @@ impl Registry {
             result.repositories += 1;
             let immutable_rules = self.immutability_rules_for(&repo).await?;
             let immutable = |t: &str| tag_protected(&immutable_rules, t);
-            let (delete, evaluated) = select_deletions(&rules, &artifacts, &immutable, now);
+            let (delete, evaluated) = match selection {
+                Selection::Policy(_) => select_deletions(&rules, &artifacts, &immutable, now),
+                Selection::Prune(spec) => select_prune(spec, &artifacts, &immutable, now),
+            };
             result.evaluated += evaluated;
             result.retained += evaluated - delete.len() as u64;
             for digest in delete {
@@ -399,6 +522,46 @@ mod tests {
             untagged,
             keep,
         }
+    }
+
+    fn prune(
+        tags: &str,
+        untagged: bool,
+        older_than_secs: Option<u64>,
+        keep: Option<u32>,
+    ) -> PruneSpec {
+        PruneSpec {
+            repositories: "*".into(),
+            tags: tags.into(),
+            untagged,
+            older_than_secs,
+            keep,
+        }
+    }
+
+    #[test]
+    fn prune_deletes_what_matches() {
+        let a = vec![
+            art("a", 1_000, None, &["ci-1"]),
+            art("b", 2_000, None, &["ci-2"]),
+            art("c", 3_000, None, &["ci-3", "release"]),
+            art("d", 4_000, None, &["ci-4"]),
+            art("u", 5_000, None, &[]),
+            art("p", 500, None, &["ci-protected"]),
+        ];
+        let immutable = |t: &str| t == "ci-protected";
+        // Every tag must match: c also carries "release"; the immutable tag protects p.
+        let (del, n) = select_prune(&prune("ci-*", false, None, None), &a, &immutable, 10_000);
+        assert_eq!(n, 6);
+        assert_eq!(del, vec!["d", "b", "a"]);
+        // Keep the newest 2 candidates (d, b).
+        let (del, _) = select_prune(&prune("ci-*", false, None, Some(2)), &a, &immutable, 10_000);
+        assert_eq!(del, vec!["a"]);
+        // Older than 7 s at t=10 s: pushed before 3 s.
+        let (del, _) = select_prune(&prune("ci-*", false, Some(7), None), &a, &immutable, 10_000);
+        assert_eq!(del, vec!["b", "a"]);
+        let (del, _) = select_prune(&prune("*", true, None, None), &a, &immutable, 10_000);
+        assert_eq!(del, vec!["u"]);
     }
 
     #[test]

@@ -640,10 +640,13 @@ pub(crate) struct RetentionRunIn {
     /// Report what would be deleted, delete nothing.
     #[serde(default)]
     dry_run: bool,
+    /// Run this ad-hoc prune instead of the stored policy (what `kura prune` sends).
+    #[serde(default)]
+    prune: Option<kura_registry::retention::PruneSpec>,
 }
 
-/// Run the retention policy now (or dry-run it). Answers with the finished run, whose result
-/// lists every deletion (each is also announced as an event for the audit log).
+/// Run the retention policy now (or dry-run it), or an ad-hoc prune given in the body. Answers
+/// with the finished run, whose result lists every deletion (each is also announced as an event for the audit log).
 #[utoipa::path(post, path = "/api/v1/projects/{name}/retention/runs", tag = "lifecycle",
     params(("name" = String, Path)), request_body = RetentionRunIn,
     security(("basic" = []), ("bearer" = [])),
@@ -659,12 +662,23 @@ pub(crate) async fn run_retention(
 ) -> ApiResult {
     let id = who(&state, &headers).await?;
     project_action(&state, &id, &name, Action::ManageProject).await?;
-    let dry_run = body.map(|b| b.0.dry_run).unwrap_or(false);
-    let run = state
-        .registry
-        .run_retention(&name, dry_run, "manual")
-        .await
-        .map_err(registry_error)?;
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let run = match body.prune {
+        Some(spec) => {
+            spec.validate().map_err(|e| invalid(&e))?;
+            state
+                .registry
+                .run_prune(&name, spec, body.dry_run, "manual")
+                .await
+        }
+        None => {
+            state
+                .registry
+                .run_retention(&name, body.dry_run, "manual")
+                .await
+        }
+    }
+    .map_err(registry_error)?;
     Ok(Json(RunOut::from(run)).into_response())
 }
 

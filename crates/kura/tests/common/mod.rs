@@ -16,6 +16,8 @@ pub mod auth;
 
 pub mod storage;
 
+pub mod cli;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
