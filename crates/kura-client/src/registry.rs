@@ -68,6 +68,25 @@ impl Scope {
     pub fn none() -> Scope {
         Scope(String::new())
     }
+
+    /// Whether a token for `self` also grants everything `other` asks (a push token serves
+    /// the pulls of the same repository; a mount token serves the plain push).
+    fn covers(&self, other: &Scope) -> bool {
+        let granted: Vec<(&str, Vec<&str>)> = self.0.split(' ').filter_map(split_scope).collect();
+        other.0.split(' ').filter(|p| !p.is_empty()).all(|part| {
+            split_scope(part).is_some_and(|(resource, actions)| {
+                granted
+                    .iter()
+                    .any(|(r, a)| *r == resource && actions.iter().all(|x| a.contains(x)))
+            })
+        })
+    }
+}
+
+/// `type:name:action,action` → (`type:name`, actions).
+fn split_scope(part: &str) -> Option<(&str, Vec<&str>)> {
+    let (resource, actions) = part.rsplit_once(':')?;
+    Some((resource, actions.split(',').collect()))
 }
 
 /// What a registry said when it refused: the OCI error body's first entry.
@@ -277,6 +296,12 @@ impl Registry {
                 let tokens = self.tokens.lock().expect("token lock");
                 tokens
                     .get(scope)
+                    .or_else(|| {
+                        tokens
+                            .iter()
+                            .find(|(granted, _)| !scope.0.is_empty() && granted.covers(scope))
+                            .map(|(_, t)| t)
+                    })
                     .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
             }
             None => None,
@@ -1099,6 +1124,12 @@ mod tests {
             Some(Challenge::Basic)
         ));
         assert!(parse_challenge("Negotiate").is_none());
+        let mount = Scope::push_mounting("a/b", "c/d");
+        assert!(mount.covers(&Scope::push("a/b")));
+        assert!(mount.covers(&Scope::pull("c/d")));
+        assert!(!mount.covers(&Scope::push("c/d")));
+        assert!(Scope::push("a/b").covers(&Scope::pull("a/b")));
+        assert!(!Scope::pull("a/b").covers(&Scope::push("a/b")));
         assert!(parse_challenge(r#"Bearer service="x""#).is_none());
     }
 

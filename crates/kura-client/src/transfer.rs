@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -718,9 +718,11 @@ async fn upload(
                 url = next;
                 break;
             }
-            Err(e @ (ClientError::Connect(_) | ClientError::Registry(_)))
-                if attempt < UPLOAD_ATTEMPTS =>
-            {
+            // A broken connection, a registry hiccup, or a token that expired during a long
+            // upload: ask where the session stands (which renews the token) and go on.
+            Err(
+                e @ (ClientError::Connect(_) | ClientError::Registry(_) | ClientError::Auth(_)),
+            ) if attempt < UPLOAD_ATTEMPTS => {
                 tracing::warn!("upload of {} interrupted ({e}); resuming", desc.digest);
                 match registry.upload_offset(repo, &url).await {
                     Ok(o) if o <= desc.size => {
@@ -873,14 +875,6 @@ pub async fn open_destination(
             Destination::archive(path, reference.clone().or(repo_tag)).await?
         }
     })
-}
-
-/// Paths are shown relative when they can be.
-pub fn display_path(p: &Path) -> PathBuf {
-    std::env::current_dir()
-        .ok()
-        .and_then(|cwd| p.strip_prefix(cwd).ok().map(Path::to_path_buf))
-        .unwrap_or_else(|| p.to_path_buf())
 }
 
 #[cfg(test)]
