@@ -747,9 +747,7 @@ impl Registry {
             .headers()
             .get(header::RANGE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|r| r.rsplit_once('-'))
-            .and_then(|(_, end)| end.parse::<u64>().ok())
-            .map(|end| end + 1)
+            .map(offset_from_range)
             .unwrap_or(0))
     }
 
@@ -923,6 +921,19 @@ impl Registry {
             }
             _ => ClientError::Registry(format!("{what}: {}: {message}", status.as_u16())),
         })
+    }
+}
+
+/// The next byte an upload session expects, from `Range: 0-<last>`. Registries (Kura and the
+/// reference registry alike) answer `0-0` for an empty session, so `0-0` is read as empty:
+/// resuming one byte early is refused with 416, one byte late would corrupt nothing but
+/// could never succeed.
+fn offset_from_range(range: &str) -> u64 {
+    let range = range.trim().trim_start_matches("bytes=");
+    match range.split_once('-') {
+        Some((_, "0")) => 0,
+        Some((_, end)) => end.parse::<u64>().map(|e| e + 1).unwrap_or(0),
+        None => 0,
     }
 }
 
@@ -1146,6 +1157,10 @@ mod tests {
             HeaderValue::from_static(r#"<https://r.example/v2/a/tags/list?last=x>; rel="next""#),
         );
         assert_eq!(next_link(&h).as_deref(), Some("/v2/a/tags/list?last=x"));
+        assert_eq!(offset_from_range("0-0"), 0);
+        assert_eq!(offset_from_range("0-1023"), 1024);
+        assert_eq!(offset_from_range("bytes=0-9"), 10);
+        assert_eq!(offset_from_range("junk"), 0);
         assert!(is_loopback("127.0.0.1:5000"));
         assert!(is_loopback("localhost"));
         assert!(is_loopback("[::1]:5000"));
