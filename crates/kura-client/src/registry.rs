@@ -69,6 +69,24 @@ impl Scope {
         Scope(String::new())
     }
 
+    /// `pull,push on repository a/b` — for messages.
+    fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .0
+            .split(' ')
+            .filter_map(split_scope)
+            .map(|(resource, actions)| {
+                let name = resource.split_once(':').map(|(_, n)| n).unwrap_or(resource);
+                format!("{} on {name}", actions.join(","))
+            })
+            .collect();
+        if parts.is_empty() {
+            "this request".into()
+        } else {
+            parts.join(" and ")
+        }
+    }
+
     /// Whether a token for `self` also grants everything `other` asks (a push token serves
     /// the pulls of the same repository; a mount token serves the plain push).
     fn covers(&self, other: &Scope) -> bool {
@@ -385,6 +403,7 @@ impl Registry {
     ) -> Result<Response> {
         let base = self.base().await?.to_string();
         let mut retried = false;
+        let mut token_granted = false;
         loop {
             let mut req = build(&self.http, &base);
             if let Some(h) = self.auth_header(scope) {
@@ -396,6 +415,18 @@ impl Registry {
             }
             self.note_challenge(&resp);
             if retried {
+                if token_granted && let Some(c) = &self.credential {
+                    // The token service took the credentials; the token just lacks the right.
+                    let detail = error_message(resp).await;
+                    return Err(ClientError::Auth(format!(
+                        "{}: access denied for {:?}: {} is not allowed{}; check that the \
+                         repository's project exists and that this account may do this there",
+                        self.name,
+                        c.username,
+                        scope.describe(),
+                        detail.map(|d| format!(" ({d})")).unwrap_or_default()
+                    )));
+                }
                 return Err(self.auth_failure(StatusCode::UNAUTHORIZED, resp).await);
             }
             retried = true;
@@ -403,6 +434,7 @@ impl Registry {
             match challenge {
                 Some(Challenge::Bearer { realm, service }) => {
                     self.fetch_token(&realm, service.as_deref(), scope).await?;
+                    token_granted = true;
                 }
                 Some(Challenge::Basic) if self.credential.is_some() => {}
                 _ => return Err(self.auth_failure(StatusCode::UNAUTHORIZED, resp).await),

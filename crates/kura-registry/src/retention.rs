@@ -417,7 +417,11 @@ impl Registry {
             };
             let covered = match selection {
                 Selection::Policy(_) => !rules.is_empty(),
-                Selection::Prune(spec) => glob_match(&spec.repositories, path),
+                // A one-part name is a repository whose path inside its project is empty.
+                Selection::Prune(spec) => {
+                    glob_match(&spec.repositories, path)
+                        || (path.is_empty() && glob_match(&spec.repositories, &name))
+                }
             };
             if !covered {
                 continue;

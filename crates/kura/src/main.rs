@@ -123,7 +123,8 @@ enum Command {
     /// Examples:
     ///   kura prune registry.example.com/team/app                       # untagged manifests
     ///   kura prune registry.example.com/team/app --filter tag='ci-*' --keep 5 --force
-    ///   kura prune 'registry.example.com/team/*' --filter until=168h --force
+    ///   kura prune 'registry.example.com/team/*' --filter until=168h --force   # untagged, > 1 week
+    ///   kura prune registry.example.com/team/app --filter dangling=false --filter until=720h
     #[command(verbatim_doc_comment)]
     Prune(client::PruneArgs),
     /// Storage use per project or repository, with deduplication savings (Kura registries).

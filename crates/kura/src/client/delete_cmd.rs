@@ -28,9 +28,10 @@ pub struct PruneArgs {
     /// The repository to prune (`host[:port]/repository`); the last part may be a glob
     /// (`host/project/*`).
     pub repository: String,
-    /// Filters, all of which must hold: `until=DURATION` (older than, e.g. 24h, 7d),
-    /// `dangling=true` (untagged manifests only), `tag=GLOB` (artifacts all of whose tags
-    /// match). With no filter only dangling manifests are pruned, as `docker image prune`.
+    /// Filters, all of which must hold. `tag=GLOB`: tagged artifacts all of whose tags match;
+    /// `dangling=false`: tagged artifacts (any tag); `dangling=true`: untagged manifests;
+    /// `until=DURATION`: older than (e.g. 24h, 7d). Without `tag=` or `dangling=false` only
+    /// untagged manifests are candidates, as with `docker image prune`.
     #[arg(long = "filter", value_name = "KEY=VALUE")]
     pub filters: Vec<String>,
     /// Keep the N most recent of the matching artifacts.
@@ -68,12 +69,14 @@ pub async fn rm(ctx: Arc<Ctx>, args: RmArgs) -> Result<()> {
 #[derive(Debug, Default)]
 struct Filters {
     until: Option<std::time::Duration>,
+    /// Untagged manifests are the candidates (else tagged ones).
     dangling: bool,
     tag: Option<String>,
 }
 
 fn parse_filters(list: &[String]) -> Result<Filters> {
     let mut f = Filters::default();
+    let mut dangling = None;
     for item in list {
         let (k, v) = item
             .split_once('=')
@@ -81,7 +84,7 @@ fn parse_filters(list: &[String]) -> Result<Filters> {
         match k {
             "until" => f.until = Some(parse_duration(v)?),
             "dangling" => {
-                f.dangling = match v {
+                dangling = Some(match v {
                     "true" | "1" => true,
                     "false" | "0" => false,
                     _ => {
@@ -89,7 +92,7 @@ fn parse_filters(list: &[String]) -> Result<Filters> {
                             "filter {item:?}: dangling is true or false"
                         )));
                     }
-                }
+                })
             }
             "tag" => f.tag = Some(v.to_string()),
             _ => {
@@ -99,15 +102,17 @@ fn parse_filters(list: &[String]) -> Result<Filters> {
             }
         }
     }
-    if f.dangling && f.tag.is_some() {
-        return Err(ClientError::Usage(
-            "dangling=true selects untagged manifests; it cannot be combined with tag=".into(),
-        ));
-    }
-    // As docker image prune: no filter means dangling only.
-    if list.is_empty() && f.tag.is_none() {
-        f.dangling = true;
-    }
+    // As docker image prune: untagged manifests unless tagged ones are asked for.
+    f.dangling = match (dangling, &f.tag) {
+        (Some(true), Some(_)) => {
+            return Err(ClientError::Usage(
+                "dangling=true selects untagged manifests; it cannot be combined with tag=".into(),
+            ));
+        }
+        (Some(d), _) => d,
+        (None, Some(_)) => false,
+        (None, None) => true,
+    };
     Ok(f)
 }
 
@@ -138,8 +143,10 @@ pub async fn prune(ctx: Arc<Ctx>, args: PruneArgs) -> Result<()> {
     } else {
         if filters.dangling {
             return Err(ClientError::Unsupported(format!(
-                "{} cannot list untagged manifests through the distribution API, so \
-                 dangling=true works only against Kura; use --filter tag=GLOB or until=",
+                "{}: untagged manifests cannot be listed through the distribution API (only \
+                 through Kura's management API, auth mode local or ldap), and they are what \
+                 prune removes unless told otherwise; prune tagged images with --filter \
+                 tag=GLOB or --filter dangling=false",
                 target.registry
             )));
         }
@@ -365,6 +372,12 @@ mod tests {
     fn filters() {
         let f = parse_filters(&[]).unwrap();
         assert!(f.dangling);
+        assert!(parse_filters(&["until=1h".into()]).unwrap().dangling);
+        assert!(
+            !parse_filters(&["dangling=false".into(), "until=1h".into()])
+                .unwrap()
+                .dangling
+        );
         let f = parse_filters(&["until=24h".into(), "tag=ci-*".into()]).unwrap();
         assert_eq!(f.until.unwrap().as_secs(), 86_400);
         assert_eq!(f.tag.as_deref(), Some("ci-*"));

@@ -463,6 +463,16 @@ pub async fn df(ctx: Arc<Ctx>, args: DfArgs) -> Result<()> {
             "{host} is not a Kura registry: storage use needs Kura's management API"
         )));
     }
+    // Kura in open auth mode serves no management API.
+    if let Err(ClientError::NotFound(_)) = registry
+        .api(Method::GET, "/api/v1/projects?n=1", None)
+        .await
+    {
+        return Err(ClientError::Unsupported(format!(
+            "{host} runs Kura without its management API (auth mode open); storage reports \
+             need auth mode local or ldap"
+        )));
+    }
     let u = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
     match project {
         Some(p) => {
