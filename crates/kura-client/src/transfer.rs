@@ -281,6 +281,13 @@ impl ArchiveSource {
         })?;
         let diff_ids = parsed.rootfs.map(|r| r.diff_ids).unwrap_or_default();
         let config_digest = Algorithm::Sha256.digest_of(&config);
+        if let Some((manifest, files)) = Self::original_manifest(&archive, &config_digest).await {
+            return Ok(ArchiveSource {
+                archive,
+                manifest,
+                files,
+            });
+        }
         let mut files = HashMap::new();
         files.insert(config_digest.clone(), image.config.clone());
         let mut layers = Vec::new();
@@ -330,7 +337,50 @@ impl ArchiveSource {
         })
     }
 
-    /// The `RepoTags` of the selected image.
+    /// A Docker 25+ archive (or one `kura pull` wrote) carries the image's real manifest in
+    /// its OCI layout: use it, so the pushed image keeps its digest, when it is an image
+    /// manifest for this config whose every blob is in the tar.
+    async fn original_manifest(
+        archive: &DockerArchive,
+        config_digest: &Digest,
+    ) -> Option<(FetchedManifest, HashMap<Digest, String>)> {
+        let index = archive.read_file("index.json").await.ok()?;
+        for entry in index_entries(&index).ok()? {
+            let desc = entry.descriptor;
+            let name = blob_name(&desc.digest);
+            let Ok(bytes) = archive.read_file(&name).await else {
+                continue;
+            };
+            if verify(&bytes, &desc).is_err() {
+                continue;
+            }
+            let m = FetchedManifest {
+                media_type: effective_media_type(&desc.media_type, &bytes),
+                digest: desc.digest.clone(),
+                bytes: Bytes::from(bytes),
+            };
+            let Ok(parsed) = parse_manifest(&m) else {
+                continue;
+            };
+            if parsed.kind != ManifestKind::Image
+                || parsed.blobs.first().map(|c| &c.digest) != Some(config_digest)
+            {
+                continue;
+            }
+            let mut files = HashMap::new();
+            for b in &parsed.blobs {
+                let n = blob_name(&b.digest);
+                if archive.file_size(&n).ok() != Some(b.size) {
+                    return None;
+                }
+                files.insert(b.digest.clone(), n);
+            }
+            return Some((m, files));
+        }
+        None
+    }
+
+    /// The manifest pushed for the selected image.
     pub fn manifest(&self) -> &FetchedManifest {
         &self.manifest
     }

@@ -1206,9 +1206,23 @@ fn prune_until_deletes_only_older_images() {
     http_push_image(&reg.addr, repo, "old", &layout.root, &old);
     http_push_image(&reg.addr, repo, "recent", &layout.root, &recent);
 
+    // until= alone selects untagged manifests (docker's default), which this registry cannot
+    // list: that is refused. dangling=false asks for tagged images.
+    let err = cli.fails(
+        &[
+            "prune",
+            &format!("{}/{repo}", reg.addr),
+            "--filter",
+            "until=24h",
+        ],
+        7,
+    );
+    assert!(err.contains("dangling=false"), "{err}");
     let j = parse_json(&cli.ok(&[
         "prune",
         &format!("{}/{repo}", reg.addr),
+        "--filter",
+        "dangling=false",
         "--filter",
         "until=24h",
         "--force",
