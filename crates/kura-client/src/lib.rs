@@ -18,6 +18,7 @@ pub mod error;
 pub mod layout;
 pub mod reference;
 pub mod registry;
+mod tls;
 pub mod transfer;
 
 pub use error::{ClientError, Result};

@@ -202,14 +202,13 @@ impl Registry {
         if options.insecure {
             builder = builder.danger_accept_invalid_certs(true);
         }
-        if let Some(ca) = &options.ca_file {
+        if let Some(ca) = &options.ca_file
+            && !options.insecure
+        {
             let pem = std::fs::read(ca)
                 .map_err(ClientError::io(format!("reading CA file {}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| ClientError::Usage(format!("CA file {}: {e}", ca.display())))?;
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
+            let config = crate::tls::config_with_ca_file(&pem, &ca.display().to_string())?;
+            builder = builder.tls_backend_preconfigured(config);
         }
         let http = builder
             .build()

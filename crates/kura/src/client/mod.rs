@@ -203,10 +203,11 @@ fn report(e: &ClientError, json: bool) -> ExitCode {
     ExitCode::from(code as u8)
 }
 
-/// Client commands log only warnings (RUST_LOG overrides) and never in colour when piped.
+/// Client commands log only their own warnings (RUST_LOG overrides; dependencies' log lines
+/// would repeat the error the command reports anyway) and never in colour when piped.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off,kura=warn,kura_client=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

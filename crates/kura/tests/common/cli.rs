@@ -52,7 +52,7 @@ impl Cli {
             .env_remove("KURA_INSECURE")
             .env_remove("KURA_CA_FILE")
             .env_remove("KURA_AUTHFILE")
-            .env("RUST_LOG", "warn");
+            .env_remove("RUST_LOG");
     }
 
     /// `kura ARGS...` with this user's environment.
