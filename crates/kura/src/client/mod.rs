@@ -43,7 +43,8 @@ pub struct ClientArgs {
     /// you reach over a network you trust; prefer --ca-file for a private CA.
     #[arg(long, global = true, env = "KURA_INSECURE")]
     pub insecure: bool,
-    /// Trust the CA certificates in this PEM file (a registry behind a private CA).
+    /// Also trust the certificates in this PEM file: a private CA, or the registry's own
+    /// self-signed certificate.
     #[arg(long, global = true, value_name = "PEM", env = "KURA_CA_FILE")]
     pub ca_file: Option<PathBuf>,
     /// Speak plain HTTP to the registry without trying HTTPS first (loopback registries are
