@@ -146,6 +146,13 @@ impl fmt::Display for ImageRef {
     }
 }
 
+/// Whether a tag is the referrers API's fallback tag (`sha256-<64 hex>`, where clients without
+/// the referrers API keep a manifest's signatures and SBOMs): an accessory, not an image.
+pub fn is_referrers_tag(tag: &str) -> bool {
+    tag.strip_prefix("sha256-")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Lower-cases nothing (hosts are case-insensitive, but docker keeps them as written) and maps
 /// Docker Hub's aliases to `docker.io`.
 pub fn normalise_host(host: &str) -> String {

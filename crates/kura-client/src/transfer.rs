@@ -603,6 +603,11 @@ async fn copy_tree(
         let mut r = report.lock().expect("report lock");
         r.blobs += parsed.blobs.len() as u64;
         r.blobs_skipped += parsed.blobs.len() as u64;
+        // A child already there needs nothing more; the root may still need its tag.
+        if !is_root {
+            r.manifests += 1;
+            return Ok(());
+        }
     }
     write_manifest(dest, manifest, &parsed, is_root).await?;
     report.lock().expect("report lock").manifests += 1;
@@ -800,14 +805,6 @@ async fn write_manifest(
                 (true, Some(tag)) if image.digest.is_none() => tag,
                 _ => m.digest.to_string(),
             };
-            if !is_root
-                && registry
-                    .head_manifest(&image.repository, &reference)
-                    .await?
-                    .is_some()
-            {
-                return Ok(());
-            }
             let got = registry
                 .put_manifest(&image.repository, &reference, &m.media_type, &m.bytes)
                 .await?;

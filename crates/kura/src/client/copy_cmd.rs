@@ -95,12 +95,9 @@ async fn copy(
     options: &CopyOptions,
 ) -> Result<CopyReport> {
     let src = transfer::open_source(source, |r| ctx.registry(&r.registry)).await?;
+    // The name a docker-archive records (`docker load` tags the image with it).
     let repo_tag = match source {
-        Location::Registry(r) => Some(format!(
-            "{}:{}",
-            r.name(),
-            r.tag.clone().unwrap_or_else(|| "latest".into())
-        )),
+        Location::Registry(r) => r.tag_or_default().map(|t| format!("{}:{t}", r.name())),
         _ => None,
     };
     let dst = transfer::open_destination(dest, |r| ctx.registry(&r.registry), repo_tag).await?;

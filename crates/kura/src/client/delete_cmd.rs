@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use futures_util::StreamExt;
+use kura_client::reference::is_referrers_tag;
 use kura_client::{ClientError, Result};
 use kura_oci::glob_match;
 use reqwest::Method;
@@ -128,6 +129,7 @@ struct Pruned {
 
 pub async fn prune(ctx: Arc<Ctx>, args: PruneArgs) -> Result<()> {
     let filters = parse_filters(&args.filters)?;
+    // A glob is not a valid repository name: parse with a stand-in, then put it back.
     let target = ctx.image_ref(&args.repository.replace('*', "x-glob-x"))?;
     if target.tag.is_some() || target.digest.is_some() {
         return Err(ClientError::Usage(format!(
@@ -306,7 +308,7 @@ async fn prune_generic(
             .tags(&repo)
             .await?
             .into_iter()
-            .filter(|t| !(t.starts_with("sha256-") && t.len() >= 71))
+            .filter(|t| !is_referrers_tag(t))
             .collect();
         let rows: Vec<Result<list_cmd::TagRow>> = futures_util::stream::iter(tags)
             .map(|t| {

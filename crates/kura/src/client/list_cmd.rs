@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use futures_util::StreamExt;
+use kura_client::reference::is_referrers_tag;
 use kura_client::registry::{FetchedManifest, Registry};
 use kura_client::transfer::{Platform, index_entries, parse_manifest};
 use kura_client::{ClientError, ImageRef, Result};
@@ -176,7 +177,7 @@ pub async fn ls(ctx: Arc<Ctx>, args: LsArgs) -> Result<()> {
         tags.retain(|x| x == t);
     }
     // Referrers-fallback tags (sha256-…) are accessories, not images.
-    tags.retain(|t| !(t.starts_with("sha256-") && t.len() >= 71));
+    tags.retain(|t| !is_referrers_tag(t));
     if ctx.args.quiet && !ctx.json() {
         for t in &tags {
             println!("{t}");
