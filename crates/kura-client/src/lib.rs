@@ -20,6 +20,7 @@ pub mod reference;
 pub mod registry;
 mod tls;
 pub mod transfer;
+pub mod units;
 
 pub use error::{ClientError, Result};
 pub use reference::{ImageRef, Location};

@@ -18,6 +18,8 @@
 
 mod common;
 
+use kura_client::units::human_size;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -188,26 +190,6 @@ fn read_tar(path: &Path) -> BTreeMap<String, Vec<u8>> {
         }
     }
     files
-}
-
-/// Sizes as `kura` prints them (docker's decimal units).
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1000.0 && unit < UNITS.len() - 1 {
-        v /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else if v < 10.0 {
-        format!("{v:.2}{}", UNITS[unit])
-    } else if v < 100.0 {
-        format!("{v:.1}{}", UNITS[unit])
-    } else {
-        format!("{v:.0}{}", UNITS[unit])
-    }
 }
 
 fn blob_sum(image: &Image) -> u64 {

@@ -396,11 +396,11 @@ pub async fn search(ctx: Arc<Ctx>, args: SearchArgs) -> Result<()> {
         })?;
     let registry = ctx.registry(&registry_name)?;
     let term = args.term.to_lowercase();
-    let query = format!(
-        "/v1/search?q={}&n={}",
-        urlencode(&args.term),
-        args.limit.clamp(1, 100)
-    );
+    let mut url = reqwest::Url::parse("http://registry/v1/search").expect("static URL");
+    url.query_pairs_mut()
+        .append_pair("q", &args.term)
+        .append_pair("n", &args.limit.clamp(1, 100).to_string());
+    let query = format!("{}?{}", url.path(), url.query().unwrap_or_default());
     let names: Vec<String> = match registry.api(Method::GET, &query, None).await {
         Ok(v) => v
             .get("results")
@@ -435,17 +435,6 @@ pub async fn search(ctx: Arc<Ctx>, args: SearchArgs) -> Result<()> {
         print_table(&["NAME", "REFERENCE"], &rows);
     }
     Ok(())
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 pub async fn df(ctx: Arc<Ctx>, args: DfArgs) -> Result<()> {

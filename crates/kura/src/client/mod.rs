@@ -217,25 +217,7 @@ fn init_logging() {
         .try_init();
 }
 
-/// Sizes the way docker prints them (decimal units).
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1000.0 && unit < UNITS.len() - 1 {
-        v /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else if v < 10.0 {
-        format!("{v:.2}{}", UNITS[unit])
-    } else if v < 100.0 {
-        format!("{v:.1}{}", UNITS[unit])
-    } else {
-        format!("{v:.0}{}", UNITS[unit])
-    }
-}
+pub use kura_client::units::human_size;
 
 /// "3 days ago", from an RFC 3339 time.
 pub fn human_age(created: &str) -> String {
@@ -312,9 +294,6 @@ mod tests {
 
     #[test]
     fn sizes_ages_durations() {
-        assert_eq!(human_size(999), "999B");
-        assert_eq!(human_size(7_340_032), "7.34MB");
-        assert_eq!(human_size(123_456_789), "123MB");
         assert_eq!(parse_duration("24h").unwrap().as_secs(), 86_400);
         assert_eq!(parse_duration("90").unwrap().as_secs(), 90);
         assert!(parse_duration("1y").is_err());
