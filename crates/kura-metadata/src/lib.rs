@@ -276,6 +276,14 @@ pub trait MetadataStore: Send + Sync + 'static {
         tag: &str,
         with_payload: bool,
     ) -> Result<Option<ManifestRecord>>;
+    /// A manifest of the repository named `repository`, by tag or digest, in one statement:
+    /// the pull path's lookup (each statement is a hand-off to a database thread).
+    async fn find_manifest(
+        &self,
+        repository: &str,
+        key: ManifestKey<'_>,
+        with_payload: bool,
+    ) -> Result<Option<ManifestRecord>>;
     /// Deletes a tag only (recorded in the tag history); false when absent.
     async fn delete_tag(&self, repository_id: i64, tag: &str) -> Result<bool>;
     /// Deletes a manifest and every tag pointing at it, unless one of its tags is protected.
@@ -319,6 +327,13 @@ pub trait MetadataStore: Send + Sync + 'static {
 /// Everything the registry service needs from metadata: content plus lifecycle.
 pub trait Metadata: MetadataStore + LifecycleStore {}
 impl<T: MetadataStore + LifecycleStore> Metadata for T {}
+
+/// How a manifest is named in a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestKey<'a> {
+    Tag(&'a str),
+    Digest(&'a str),
+}
 
 /// Which repositories a listing may show.
 #[derive(Debug, Clone, PartialEq, Eq)]

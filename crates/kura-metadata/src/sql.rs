@@ -19,10 +19,10 @@ use sqlx::sqlite::{
 
 use crate::{
     AccessStore, ArtifactRecord, BlobRecord, CommitOutcome, DeleteManifestOutcome, DeletedManifest,
-    LinkOutcome, ManifestRecord, MemberRecord, MetadataError, MetadataStore, NewManifest,
-    ProjectRecord, PutManifestOutcome, QuotaExceeded, ReferrerRecord, RepositoryFilter, Result,
-    RobotPermission, RobotRecord, TagGuard, UploadRecord, UsageChange, UserRecord, now_ms,
-    project_of,
+    LinkOutcome, ManifestKey, ManifestRecord, MemberRecord, MetadataError, MetadataStore,
+    NewManifest, ProjectRecord, PutManifestOutcome, QuotaExceeded, ReferrerRecord,
+    RepositoryFilter, Result, RobotPermission, RobotRecord, TagGuard, UploadRecord, UsageChange,
+    UserRecord, now_ms, project_of,
 };
 
 /// Embedded migrations: (version, name, sqlite DDL, postgres DDL). Append only.
@@ -1470,6 +1470,42 @@ impl MetadataStore for SqlStore {
             sqlx::query_as(sql)
                 .bind(repository_id)
                 .bind(tag)
+                .fetch_optional(p)
+                .await?
+        });
+        Ok(row.map(manifest_from_row))
+    }
+
+    async fn find_manifest(
+        &self,
+        repository: &str,
+        key: ManifestKey<'_>,
+        with_payload: bool,
+    ) -> Result<Option<ManifestRecord>> {
+        let payload = if with_payload { "m.payload" } else { "NULL" };
+        let (sql, value) = match key {
+            ManifestKey::Tag(t) => (
+                format!(
+                    "SELECT m.digest, m.media_type, m.size, {payload} FROM repositories r \
+                     JOIN tags t ON t.repository_id = r.id \
+                     JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest \
+                     WHERE r.name = $1 AND t.name = $2"
+                ),
+                t,
+            ),
+            ManifestKey::Digest(d) => (
+                format!(
+                    "SELECT m.digest, m.media_type, m.size, {payload} FROM repositories r \
+                     JOIN manifests m ON m.repository_id = r.id \
+                     WHERE r.name = $1 AND m.digest = $2"
+                ),
+                d,
+            ),
+        };
+        let row: Option<(String, String, i64, Option<Vec<u8>>)> = with_read!(self, |p| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(repository)
+                .bind(value)
                 .fetch_optional(p)
                 .await?
         });

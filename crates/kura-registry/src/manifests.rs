@@ -1,7 +1,7 @@
 //! Manifests, tags and referrers.
 
 use bytes::Bytes;
-use kura_metadata::{NewManifest, PutManifestOutcome};
+use kura_metadata::{ManifestKey, NewManifest, PutManifestOutcome};
 use kura_oci::manifest::{self, ManifestError};
 use kura_oci::media_types as mt;
 use kura_oci::{Algorithm, Digest, ErrorCode, Reference, RepositoryName};
@@ -145,23 +145,15 @@ impl Registry {
             Reference::Tag(t) => t.clone(),
             Reference::Digest(d) => d.to_string(),
         };
-        let Some(rid) = self.repository_id(repo).await? else {
-            return Err(RegistryError::manifest_unknown(&reference_s));
+        let key = match reference {
+            Reference::Tag(t) => ManifestKey::Tag(t),
+            Reference::Digest(_) => ManifestKey::Digest(&reference_s),
         };
-        let found = match reference {
-            Reference::Tag(t) => {
-                self.inner
-                    .meta
-                    .manifest_by_tag(rid, t, with_payload)
-                    .await?
-            }
-            Reference::Digest(d) => {
-                self.inner
-                    .meta
-                    .manifest_by_digest(rid, &d.to_string(), with_payload)
-                    .await?
-            }
-        };
+        let found = self
+            .inner
+            .meta
+            .find_manifest(repo.as_str(), key, with_payload)
+            .await?;
         let m = found.ok_or_else(|| RegistryError::manifest_unknown(&reference_s))?;
         if with_payload {
             self.emit(RegistryEvent::ManifestPulled {
