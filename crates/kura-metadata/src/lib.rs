@@ -226,6 +226,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// The blob if it is linked to the repository.
     async fn repository_blob(&self, repository_id: i64, digest: &str)
     -> Result<Option<BlobRecord>>;
+    /// The blob if it is linked to the repository named `repository`, in one statement (the
+    /// pull path's lookup).
+    async fn find_blob(&self, repository: &str, digest: &str) -> Result<Option<BlobRecord>>;
     /// Links an already stored blob to a repository (refused past the project's quota).
     async fn link_blob(&self, repository_id: i64, digest: &str) -> Result<LinkOutcome>;
     /// Removes a repository's link to a blob; false when there was none.

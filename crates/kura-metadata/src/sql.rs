@@ -1089,6 +1089,26 @@ impl MetadataStore for SqlStore {
         }))
     }
 
+    async fn find_blob(&self, repository: &str, digest: &str) -> Result<Option<BlobRecord>> {
+        let row: Option<(String, i64, String)> = with_read!(self, |p| {
+            sqlx::query_as(
+                "SELECT b.digest, b.size, b.storage_key FROM repositories r \
+                 JOIN repository_blobs rb ON rb.repository_id = r.id \
+                 JOIN blobs b ON b.digest = rb.digest \
+                 WHERE r.name = $1 AND rb.digest = $2",
+            )
+            .bind(repository)
+            .bind(digest)
+            .fetch_optional(p)
+            .await?
+        });
+        Ok(row.map(|(digest, size, storage_key)| BlobRecord {
+            digest,
+            size: size as u64,
+            storage_key,
+        }))
+    }
+
     async fn link_blob(&self, repository_id: i64, digest: &str) -> Result<LinkOutcome> {
         with_write!(self, |p| {
             let mut tx = p.begin().await?;

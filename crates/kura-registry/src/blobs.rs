@@ -9,12 +9,9 @@ use crate::{Registry, RegistryError, RegistryEvent, Result};
 impl Registry {
     /// A blob visible in `repo` (size and storage key), or BLOB_UNKNOWN.
     pub async fn stat_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<BlobRecord> {
-        let Some(rid) = self.repository_id(repo).await? else {
-            return Err(RegistryError::blob_unknown(digest));
-        };
         self.inner
             .meta
-            .repository_blob(rid, &digest.to_string())
+            .find_blob(repo.as_str(), &digest.to_string())
             .await?
             .ok_or_else(|| RegistryError::blob_unknown(digest))
     }
