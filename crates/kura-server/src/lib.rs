@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Request};
+use axum::serve::ListenerExt;
 use kura_registry::Registry;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
@@ -145,11 +146,20 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(
-        listener,
+        listener.tap_io(no_delay),
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// Turns Nagle's algorithm off on an accepted connection. With it on, a response written as
+/// headers and then a small body waited for the client's delayed ACK: every small blob GET
+/// took 40 ms more (p99 exactly 48 ms under load).
+pub fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
 }
 
 /// Periodically removes expired upload sessions until the process ends.

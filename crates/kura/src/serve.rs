@@ -1,5 +1,6 @@
 //! `kura serve`: wires configuration, backends, the registry service and the HTTP server.
 
+use axum::serve::ListenerExt;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -237,7 +238,7 @@ async fn serve(s: Settings) -> Result<(), String> {
         println!("metrics listening on {bound}");
         let router = kura_server::metrics_routes::<()>(handle, ops_store.clone());
         background.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
+            if let Err(e) = axum::serve(listener.tap_io(kura_server::no_delay), router).await {
                 tracing::error!(error = %e, "metrics listener failed");
             }
         }));
