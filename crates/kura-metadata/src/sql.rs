@@ -909,6 +909,14 @@ fn upload_from_row(r: UploadRow) -> UploadRecord {
 const UPLOAD_COLUMNS: &str =
     "id, repository_id, size, hash_algorithm, hash_state, backend_state, created_at, updated_at";
 
+fn blob_from_row((digest, size, storage_key): (String, i64, String)) -> BlobRecord {
+    BlobRecord {
+        digest,
+        size: size as u64,
+        storage_key,
+    }
+}
+
 fn manifest_from_row(r: (String, String, i64, Option<Vec<u8>>)) -> ManifestRecord {
     ManifestRecord {
         digest: r.0,
@@ -1082,11 +1090,7 @@ impl MetadataStore for SqlStore {
             .fetch_optional(p)
             .await?
         });
-        Ok(row.map(|(digest, size, storage_key)| BlobRecord {
-            digest,
-            size: size as u64,
-            storage_key,
-        }))
+        Ok(row.map(blob_from_row))
     }
 
     async fn find_blob(&self, repository: &str, digest: &str) -> Result<Option<BlobRecord>> {
@@ -1102,11 +1106,7 @@ impl MetadataStore for SqlStore {
             .fetch_optional(p)
             .await?
         });
-        Ok(row.map(|(digest, size, storage_key)| BlobRecord {
-            digest,
-            size: size as u64,
-            storage_key,
-        }))
+        Ok(row.map(blob_from_row))
     }
 
     async fn link_blob(&self, repository_id: i64, digest: &str) -> Result<LinkOutcome> {
