@@ -515,6 +515,19 @@ fn conflict(c: WebhookConflict, project: &str, name: &str) -> Response {
     }
 }
 
+/// Project `name`'s webhook policy `id`, or 404 (another project's id is not found either).
+async fn policy(
+    w: &kura_ops::Webhooks,
+    name: &str,
+    id: i64,
+) -> Result<kura_metadata::ops::WebhookPolicy, Response> {
+    w.store()
+        .webhook_policy(name, id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| not_found(id))
+}
+
 fn not_found(id: i64) -> Response {
     api_error(
         StatusCode::NOT_FOUND,
@@ -536,13 +549,7 @@ pub(crate) async fn get_webhook(
 ) -> ApiResult {
     manage(&state, &headers, &name).await?;
     let w = webhooks_of(&state)?;
-    let p = w
-        .store()
-        .webhook_policy(&name, id)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| not_found(id))?;
-    Ok(Json(WebhookOut::from(p)).into_response())
+    Ok(Json(WebhookOut::from(policy(w, &name, id).await?)).into_response())
 }
 
 /// Replace a webhook policy (omit `secret` to keep it).
@@ -575,13 +582,7 @@ pub(crate) async fn update_webhook(
         Err(c) => return Err(conflict(c, &name, &spec.name)),
     }
     w.policies_changed();
-    let p = w
-        .store()
-        .webhook_policy(&name, id)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| not_found(id))?;
-    Ok(Json(WebhookOut::from(p)).into_response())
+    Ok(Json(WebhookOut::from(policy(w, &name, id).await?)).into_response())
 }
 
 /// Remove a webhook policy and its delivery log.
@@ -624,11 +625,7 @@ pub(crate) async fn list_deliveries(
 ) -> ApiResult {
     manage(&state, &headers, &name).await?;
     let w = webhooks_of(&state)?;
-    w.store()
-        .webhook_policy(&name, id)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| not_found(id))?;
+    policy(w, &name, id).await?;
     let (n, last) = id_page(&q, "a delivery id")?;
     let rows = w
         .store()
