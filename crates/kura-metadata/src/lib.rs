@@ -249,6 +249,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     // --- uploads -------------------------------------------------------------------------
     async fn create_upload(&self, upload: &UploadRecord) -> Result<()>;
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>>;
+    /// The upload `id` if it belongs to the repository named `repository` (one statement: every
+    /// request of an upload session asks this).
+    async fn upload_in(&self, repository: &str, id: &str) -> Result<Option<UploadRecord>>;
     /// Moves an upload forward if it is still at `expected_size` (compare-and-set, so two
     /// writers can never both advance it); false when it was not.
     async fn advance_upload(

@@ -906,6 +906,18 @@ fn upload_from_row(r: UploadRow) -> UploadRecord {
     }
 }
 
+/// How many references one statement of a manifest PUT names (well under SQLite's limit of
+/// 32,766 bound parameters, counting two per reference).
+const REFS_PER_STATEMENT: usize = 500;
+
+/// `$first, $first+1, ...`: `n` numbered placeholders for an `IN (...)` list.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 const UPLOAD_COLUMNS: &str =
     "id, repository_id, size, hash_algorithm, hash_state, backend_state, created_at, updated_at";
 
@@ -985,24 +997,29 @@ impl MetadataStore for SqlStore {
         limit: u32,
     ) -> Result<Vec<String>> {
         let (filtered, user_id) = filter_params(filter);
-        with_read!(self, |p| {
-            Ok(sqlx::query_scalar(
-                "SELECT r.name FROM repositories r WHERE r.name > $1 \
+        // One row per page, as in `list_tags` (repository names never contain a comma).
+        let joined: Option<String> = with_read!(self, |p| {
+            sqlx::query_scalar(
+                "SELECT string_agg(name, ',' ORDER BY name) FROM (\
+                 SELECT r.name AS name FROM repositories r WHERE r.name > $1 \
                  AND (EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id) \
                    OR EXISTS (SELECT 1 FROM repository_blobs b WHERE b.repository_id = r.id)) \
                  AND (NOT $3 OR r.project IN (SELECT name FROM projects WHERE public) \
                    OR r.project IN (SELECT p.name FROM projects p \
                       JOIN project_members pm ON pm.project_id = p.id \
                       WHERE pm.user_id = $4 AND pm.role <> 'limited_guest')) \
-                 ORDER BY r.name LIMIT $2",
+                 ORDER BY r.name LIMIT $2) page",
             )
             .bind(last.unwrap_or(""))
             .bind(i64::from(limit))
             .bind(filtered)
             .bind(user_id)
-            .fetch_all(p)
-            .await?)
-        })
+            .fetch_one(p)
+            .await?
+        });
+        Ok(joined
+            .map(|j| j.split(',').map(str::to_string).collect())
+            .unwrap_or_default())
     }
 
     async fn search_repositories(
@@ -1176,22 +1193,18 @@ impl MetadataStore for SqlStore {
             let now = now_ms();
             // An earlier commit of the digest wins (the caller drops its copy); touching it
             // keeps a concurrent GC from taking it (see migration 5).
-            sqlx::query(
+            // DO UPDATE (not DO NOTHING) so that RETURNING yields the row in both cases.
+            let recorded: String = sqlx::query_scalar(
                 "INSERT INTO blobs (digest, size, storage_key, created_at, touched_at) \
                  VALUES ($1, $2, $3, $4, $4) ON CONFLICT (digest) \
-                 DO UPDATE SET touched_at = excluded.touched_at",
+                 DO UPDATE SET touched_at = excluded.touched_at RETURNING storage_key",
             )
             .bind(digest)
             .bind(size as i64)
             .bind(storage_key)
             .bind(now)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
-            let recorded: String =
-                sqlx::query_scalar("SELECT storage_key FROM blobs WHERE digest = $1")
-                    .bind(digest)
-                    .fetch_one(&mut *tx)
-                    .await?;
             let limit = storage_limit!(tx, repository_id);
             let before = usage_bytes!(tx, repository_id, limit);
             sqlx::query(
@@ -1254,6 +1267,21 @@ impl MetadataStore for SqlStore {
         Ok(row.map(upload_from_row))
     }
 
+    async fn upload_in(&self, repository: &str, id: &str) -> Result<Option<UploadRecord>> {
+        let row: Option<UploadRow> = with_read!(self, |p| {
+            sqlx::query_as(
+                "SELECT u.id, u.repository_id, u.size, u.hash_algorithm, u.hash_state, \
+                 u.backend_state, u.created_at, u.updated_at FROM uploads u \
+                 JOIN repositories r ON r.id = u.repository_id WHERE u.id = $1 AND r.name = $2",
+            )
+            .bind(id)
+            .bind(repository)
+            .fetch_optional(p)
+            .await?
+        });
+        Ok(row.map(upload_from_row))
+    }
+
     async fn advance_upload(
         &self,
         id: &str,
@@ -1310,35 +1338,48 @@ impl MetadataStore for SqlStore {
             // Read the clock once the connection is ours: waiting for it must not age the row.
             let now = now_ms();
             // Checking a reference *is* touching it: the update both proves the row exists and
-            // makes a concurrent GC skip it (see migration 5).
+            // makes a concurrent GC skip it (see migration 5). One statement per kind and
+            // chunk, not one per reference; only when fewer rows matched than there are
+            // distinct references does a second statement find out which ones are missing.
             let mut missing = Vec::new();
-            for digest in &m.blob_refs {
-                let n = sqlx::query(
-                    "UPDATE repository_blobs SET touched_at = $3 \
-                     WHERE repository_id = $1 AND digest = $2",
-                )
-                .bind(m.repository_id)
-                .bind(digest)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if n == 0 {
-                    missing.push(digest.clone());
-                }
-            }
-            for digest in &m.manifest_refs {
-                let n = sqlx::query(
-                    "UPDATE manifests SET touched_at = $3 WHERE repository_id = $1 AND digest = $2",
-                )
-                .bind(m.repository_id)
-                .bind(digest)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if n == 0 {
-                    missing.push(digest.clone());
+            for (table, refs) in [
+                ("repository_blobs", &m.blob_refs),
+                ("manifests", &m.manifest_refs),
+            ] {
+                let distinct: std::collections::BTreeSet<&str> =
+                    refs.iter().map(String::as_str).collect();
+                let distinct: Vec<&str> = distinct.into_iter().collect();
+                for chunk in distinct.chunks(REFS_PER_STATEMENT) {
+                    let list = placeholders(3, chunk.len());
+                    let sql = format!(
+                        "UPDATE {table} SET touched_at = $2 \
+                         WHERE repository_id = $1 AND digest IN ({list})"
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(m.repository_id)
+                        .bind(now);
+                    for d in chunk {
+                        q = q.bind(*d);
+                    }
+                    if q.execute(&mut *tx).await?.rows_affected() == chunk.len() as u64 {
+                        continue;
+                    }
+                    let sql = format!(
+                        "SELECT digest FROM {table} WHERE repository_id = $1 AND digest IN ({})",
+                        placeholders(2, chunk.len())
+                    );
+                    let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+                        .bind(m.repository_id);
+                    for d in chunk {
+                        q = q.bind(*d);
+                    }
+                    let found: Vec<String> = q.fetch_all(&mut *tx).await?;
+                    missing.extend(
+                        chunk
+                            .iter()
+                            .filter(|d| !found.iter().any(|f| f == *d))
+                            .map(|d| d.to_string()),
+                    );
                 }
             }
             if !missing.is_empty() {
@@ -1388,23 +1429,29 @@ impl MetadataStore for SqlStore {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                let refs = m
+                let refs: Vec<(&String, &str)> = m
                     .blob_refs
                     .iter()
                     .map(|d| (d, "blob"))
-                    .chain(m.manifest_refs.iter().map(|d| (d, "manifest")));
-                for (child, kind) in refs {
-                    sqlx::query(
+                    .chain(m.manifest_refs.iter().map(|d| (d, "manifest")))
+                    .collect();
+                for chunk in refs.chunks(REFS_PER_STATEMENT) {
+                    let values = (0..chunk.len())
+                        .map(|i| format!("($1, $2, ${}, ${})", 3 + 2 * i, 4 + 2 * i))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let sql = format!(
                         "INSERT INTO manifest_references \
                          (repository_id, manifest_digest, child_digest, child_kind) \
-                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(m.repository_id)
-                    .bind(&m.digest)
-                    .bind(child)
-                    .bind(kind)
-                    .execute(&mut *tx)
-                    .await?;
+                         VALUES {values} ON CONFLICT DO NOTHING"
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(m.repository_id)
+                        .bind(&m.digest);
+                    for (child, kind) in chunk {
+                        q = q.bind(*child).bind(*kind);
+                    }
+                    q.execute(&mut *tx).await?;
                 }
                 // Live again: it no longer waits in the deleted-manifest grace period.
                 sqlx::query(
@@ -1601,17 +1648,24 @@ impl MetadataStore for SqlStore {
         last: Option<&str>,
         limit: u32,
     ) -> Result<Vec<String>> {
-        with_read!(self, |p| {
-            Ok(sqlx::query_scalar(
-                "SELECT name FROM tags WHERE repository_id = $1 AND name > $2 \
-                 ORDER BY name LIMIT $3",
+        // One row for the whole page: the SQLite driver hands every result row from its own
+        // thread to the caller separately, which made a 10,000-tag list cost a thread switch
+        // per tag. Tag names never contain a comma (the distribution spec's tag grammar).
+        let joined: Option<String> = with_read!(self, |p| {
+            sqlx::query_scalar(
+                "SELECT string_agg(name, ',' ORDER BY name) FROM \
+                 (SELECT name FROM tags WHERE repository_id = $1 AND name > $2 \
+                 ORDER BY name LIMIT $3) page",
             )
             .bind(repository_id)
             .bind(last.unwrap_or(""))
             .bind(i64::from(limit))
-            .fetch_all(p)
-            .await?)
-        })
+            .fetch_one(p)
+            .await?
+        });
+        Ok(joined
+            .map(|j| j.split(',').map(str::to_string).collect())
+            .unwrap_or_default())
     }
 
     async fn list_artifacts(

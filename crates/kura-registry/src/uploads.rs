@@ -84,16 +84,11 @@ impl Registry {
 
     /// Loads an upload, checking it belongs to `repo`.
     async fn load_upload(&self, repo: &RepositoryName, id: &str) -> Result<UploadRecord> {
-        let upload = self
-            .inner
+        self.inner
             .meta
-            .upload(id)
+            .upload_in(repo.as_str(), id)
             .await?
-            .ok_or_else(RegistryError::upload_unknown)?;
-        match self.repository_id(repo).await? {
-            Some(rid) if rid == upload.repository_id => Ok(upload),
-            _ => Err(RegistryError::upload_unknown()),
-        }
+            .ok_or_else(RegistryError::upload_unknown)
     }
 
     pub async fn upload_status(&self, repo: &RepositoryName, id: &str) -> Result<UploadStatus> {
@@ -115,23 +110,7 @@ impl Registry {
     ) -> Result<UploadStatus> {
         let _guard = self.inner.upload_locks.lock(id).await;
         let upload = self.load_upload(repo, id).await?;
-        if let Some(start) = start
-            && start != upload.size
-        {
-            let mut err = RegistryError::new(
-                ErrorCode::BlobUploadInvalid,
-                format!(
-                    "chunk starts at byte {start} but the upload holds {} bytes",
-                    upload.size
-                ),
-            )
-            .with_status(416);
-            err.upload = Some(UploadStatus {
-                id: upload.id,
-                size: upload.size,
-            });
-            return Err(err);
-        }
+        check_chunk_start(&upload, start)?;
         let (pos, _) = self.append_locked(&upload, data).await?;
         Ok(UploadStatus {
             id: upload.id,
@@ -146,36 +125,7 @@ impl Registry {
         upload: &UploadRecord,
         data: ChunkSource<'_>,
     ) -> Result<(UploadPosition, Option<Hasher>)> {
-        let mut hasher = self.restore_hasher(upload);
-        let at = UploadPosition {
-            size: upload.size,
-            backend_state: upload.backend_state.clone(),
-        };
-        let written = match hasher.as_mut() {
-            Some(h) => {
-                let mut hashing = Hashing {
-                    inner: data,
-                    hasher: h,
-                };
-                self.inner
-                    .store
-                    .append_upload(&upload.id, &at, &mut hashing)
-                    .await
-            }
-            None => self.inner.store.append_upload(&upload.id, &at, data).await,
-        };
-        let new_pos = match written {
-            Ok(pos) => pos,
-            Err(StorageError::NotFound(_)) => return Err(RegistryError::upload_unknown()),
-            Err(StorageError::Io(e)) if is_client_abort(&e) => {
-                return Err(RegistryError::new(
-                    ErrorCode::BlobUploadInvalid,
-                    format!("upload body was not received completely: {e}"),
-                )
-                .with_status(400));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let (new_pos, hasher) = self.write_locked(upload, data).await?;
         let state = hasher.as_ref().map(Hasher::save_state).unwrap_or_default();
         let advanced = self
             .inner
@@ -198,6 +148,43 @@ impl Registry {
         Ok((new_pos, hasher))
     }
 
+    /// Writes `data` after the recorded size, hashing it on the way, without recording the new
+    /// position: until someone records it, the bytes are garbage that the next append cuts off.
+    async fn write_locked(
+        &self,
+        upload: &UploadRecord,
+        data: ChunkSource<'_>,
+    ) -> Result<(UploadPosition, Option<Hasher>)> {
+        let mut hasher = self.restore_hasher(upload);
+        let at = UploadPosition {
+            size: upload.size,
+            backend_state: upload.backend_state.clone(),
+        };
+        let written = match hasher.as_mut() {
+            Some(h) => {
+                let mut hashing = Hashing {
+                    inner: data,
+                    hasher: h,
+                };
+                self.inner
+                    .store
+                    .append_upload(&upload.id, &at, &mut hashing)
+                    .await
+            }
+            None => self.inner.store.append_upload(&upload.id, &at, data).await,
+        };
+        match written {
+            Ok(pos) => Ok((pos, hasher)),
+            Err(StorageError::NotFound(_)) => Err(RegistryError::upload_unknown()),
+            Err(StorageError::Io(e)) if is_client_abort(&e) => Err(RegistryError::new(
+                ErrorCode::BlobUploadInvalid,
+                format!("upload body was not received completely: {e}"),
+            )
+            .with_status(400)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn restore_hasher(&self, upload: &UploadRecord) -> Option<Hasher> {
         let alg: Algorithm = upload.hash_algorithm.parse().ok()?;
         match Hasher::restore_state(alg, &upload.hash_state) {
@@ -209,19 +196,26 @@ impl Registry {
         }
     }
 
-    /// Completes an upload with an optional final chunk, verifies `digest` and commits.
+    /// Completes an upload with an optional final chunk (`start` as in [`Self::append_upload`]),
+    /// verifies `digest` and commits.
+    ///
+    /// The final chunk's position is never recorded on its own: the commit deletes the upload's
+    /// row anyway, and a failed commit leaves the row at the last recorded position, which is
+    /// where a retry has to start. That saves a metadata write on every single-request push.
     pub async fn finish_upload(
         &self,
         repo: &RepositoryName,
         id: &str,
         digest: &Digest,
+        start: Option<u64>,
         final_chunk: Option<ChunkSource<'_>>,
     ) -> Result<u64> {
         let _guard = self.inner.upload_locks.lock(id).await;
         let mut upload = self.load_upload(repo, id).await?;
         let mut hasher = None;
         if let Some(data) = final_chunk {
-            let (pos, h) = self.append_locked(&upload, data).await?;
+            check_chunk_start(&upload, start)?;
+            let (pos, h) = self.write_locked(&upload, data).await?;
             // Both halves of the position: an object store's multipart id and parts changed too.
             upload.size = pos.size;
             upload.backend_state = pos.backend_state;
@@ -328,7 +322,7 @@ impl Registry {
     ) -> Result<u64> {
         let status = self.start_upload(repo).await?;
         let result = self
-            .finish_upload(repo, &status.id, digest, Some(data))
+            .finish_upload(repo, &status.id, digest, None, Some(data))
             .await;
         if result.is_err() {
             // Nobody else knows this upload: remove it now, from its recorded position (an
@@ -449,6 +443,28 @@ impl Registry {
             tracing::info!(purged, "removed expired uploads");
         }
         Ok(purged)
+    }
+}
+
+/// A chunk sent with `Content-Range` must start where the upload ends (else 416).
+fn check_chunk_start(upload: &UploadRecord, start: Option<u64>) -> Result<()> {
+    match start {
+        Some(start) if start != upload.size => {
+            let mut err = RegistryError::new(
+                ErrorCode::BlobUploadInvalid,
+                format!(
+                    "chunk starts at byte {start} but the upload holds {} bytes",
+                    upload.size
+                ),
+            )
+            .with_status(416);
+            err.upload = Some(UploadStatus {
+                id: upload.id.clone(),
+                size: upload.size,
+            });
+            Err(err)
+        }
+        _ => Ok(()),
     }
 }
 

@@ -141,7 +141,7 @@ async fn chunked_upload_resumes_and_verifies() {
     );
     let size = e
         .reg
-        .finish_upload(&repo, &up.id, &digest, None)
+        .finish_upload(&repo, &up.id, &digest, None, None)
         .await
         .unwrap();
     assert_eq!(size, 300_000);

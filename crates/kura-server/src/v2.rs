@@ -760,22 +760,27 @@ async fn put_upload(
             drain(&mut stream).await;
             return Err(ApiError::from(e).in_repo(&repo));
         }
-        let appended = match content_range(headers) {
-            Ok(start) => state
-                .registry
-                .append_upload(&repo, id, start, &mut stream)
-                .await
-                .map_err(|e| ApiError::from(e).in_repo(&repo)),
-            Err(e) => Err(e.in_repo(&repo)),
+        let start = match content_range(headers) {
+            Ok(start) => start,
+            Err(e) => {
+                drain(&mut stream).await;
+                return Err(e.in_repo(&repo));
+            }
         };
-        if let Err(e) = appended {
+        // The last chunk and the commit in one pass: one lock, one lookup, one metadata commit.
+        let finished = state
+            .registry
+            .finish_upload(&repo, id, &digest, start, Some(&mut stream))
+            .await;
+        if let Err(e) = finished {
             drain(&mut stream).await;
-            return Err(e);
+            return Err(ApiError::from(e).in_repo(&repo));
         }
+        return Ok(blob_created(&repo, &digest));
     }
     state
         .registry
-        .finish_upload(&repo, id, &digest, None)
+        .finish_upload(&repo, id, &digest, None, None)
         .await
         .map_err(|e| ApiError::from(e).in_repo(&repo))?;
     Ok(blob_created(&repo, &digest))
