@@ -404,3 +404,159 @@ async fn expired_uploads_are_purged() {
     );
     assert_eq!(walk(&e.blobs_root.join("uploads")), 0);
 }
+
+#[tokio::test]
+async fn final_chunk_is_checked_against_the_recorded_position() {
+    let e = env().await;
+    let repo = name("team/app");
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let digest = Algorithm::Sha256.digest_of(&data);
+    let up = e.reg.start_upload(&repo).await.unwrap();
+    e.reg
+        .append_upload(
+            &repo,
+            &up.id,
+            Some(0),
+            &mut chunks(vec![data[..20_000].to_vec()]),
+        )
+        .await
+        .unwrap();
+    // A closing PUT whose chunk starts elsewhere: 416, and the upload is where it was.
+    let err = e
+        .reg
+        .finish_upload(
+            &repo,
+            &up.id,
+            &digest,
+            Some(10),
+            Some(&mut chunks(vec![data[20_000..].to_vec()])),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!((err.code, err.status), (ErrorCode::BlobUploadInvalid, 416));
+    assert_eq!(
+        e.reg.upload_status(&repo, &up.id).await.unwrap().size,
+        20_000
+    );
+    // The right offset, in several body chunks: committed, readable, session gone.
+    let rest: Vec<Vec<u8>> = data[20_000..].chunks(7_000).map(<[u8]>::to_vec).collect();
+    let size = e
+        .reg
+        .finish_upload(&repo, &up.id, &digest, Some(20_000), Some(&mut chunks(rest)))
+        .await
+        .unwrap();
+    assert_eq!(size, 50_000);
+    assert_eq!(e.reg.stat_blob(&repo, &digest).await.unwrap().size, 50_000);
+    assert_eq!(
+        e.reg.upload_status(&repo, &up.id).await.unwrap_err().code,
+        ErrorCode::BlobUploadUnknown
+    );
+}
+
+#[tokio::test]
+async fn a_failed_closing_put_leaves_the_upload_resumable() {
+    let e = env().await;
+    let repo = name("team/app");
+    let data = b"first part|second part".to_vec();
+    let digest = Algorithm::Sha256.digest_of(&data);
+    let up = e.reg.start_upload(&repo).await.unwrap();
+    e.reg
+        .append_upload(&repo, &up.id, None, &mut chunks(vec![data[..11].to_vec()]))
+        .await
+        .unwrap();
+    // The body breaks off after some bytes were written: nothing is recorded past 11.
+    let mut broken = stream::iter(vec![
+        Ok(Bytes::from_static(b"second")),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "client went away",
+        )),
+    ]);
+    let err = e
+        .reg
+        .finish_upload(&repo, &up.id, &digest, None, Some(&mut broken))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status, 400);
+    assert_eq!(e.reg.upload_status(&repo, &up.id).await.unwrap().size, 11);
+    // The retry starts at the recorded position; the stray bytes are cut off.
+    e.reg
+        .finish_upload(
+            &repo,
+            &up.id,
+            &digest,
+            Some(11),
+            Some(&mut chunks(vec![data[11..].to_vec()])),
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let blob = e.reg.stat_blob(&repo, &digest).await.unwrap();
+    let mut body = e.reg.read_blob(&repo, &blob, None).await.unwrap();
+    while let Some(c) = futures_util::StreamExt::next(&mut body).await {
+        got.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(got, data);
+}
+
+#[tokio::test]
+async fn manifests_with_more_references_than_one_statement_names() {
+    let e = env().await;
+    let repo = name("team/big");
+    let cfg = push(&e.reg, &repo, b"{}").await;
+    // 1,203 layers (more than two statements' worth), one of them listed twice.
+    let mut layers = Vec::new();
+    for i in 0..1_202u32 {
+        layers.push(push(&e.reg, &repo, format!("layer {i}").as_bytes()).await);
+    }
+    layers.push(layers[7].clone());
+    let manifest = |layers: &[Digest]| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": cfg.to_string(), "size": 2},
+            "layers": layers.iter().map(|d| serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": d.to_string(), "size": 7})).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    };
+    let body = manifest(&layers);
+    e.reg
+        .put_manifest(&repo, &Reference::Tag("all".into()), None, Bytes::from(body))
+        .await
+        .unwrap();
+    // Two unknown layers, one in the first chunk of references and one in the last: both
+    // reported, nothing stored.
+    let unknown_a = Algorithm::Sha256.digest_of(b"never pushed a");
+    let unknown_b = Algorithm::Sha256.digest_of(b"never pushed b");
+    let mut bad = layers.clone();
+    bad[3] = unknown_a.clone();
+    bad.push(unknown_b.clone());
+    let err = e
+        .reg
+        .put_manifest(
+            &repo,
+            &Reference::Tag("bad".into()),
+            None,
+            Bytes::from(manifest(&bad)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::ManifestBlobUnknown);
+    let detail = err.detail.expect("detail lists the missing references").to_string();
+    assert!(detail.contains(&unknown_a.to_string()), "{detail}");
+    assert!(detail.contains(&unknown_b.to_string()), "{detail}");
+    assert!(!detail.contains(&layers[0].to_string()), "{detail}");
+    assert!(
+        e.reg
+            .get_manifest(&repo, &Reference::Tag("bad".into()), false)
+            .await
+            .is_err()
+    );
+    // Every layer of the stored manifest is still linked.
+    for d in &layers {
+        e.reg.stat_blob(&repo, d).await.unwrap();
+    }
+}
