@@ -442,7 +442,13 @@ async fn final_chunk_is_checked_against_the_recorded_position() {
     let rest: Vec<Vec<u8>> = data[20_000..].chunks(7_000).map(<[u8]>::to_vec).collect();
     let size = e
         .reg
-        .finish_upload(&repo, &up.id, &digest, Some(20_000), Some(&mut chunks(rest)))
+        .finish_upload(
+            &repo,
+            &up.id,
+            &digest,
+            Some(20_000),
+            Some(&mut chunks(rest)),
+        )
         .await
         .unwrap();
     assert_eq!(size, 50_000);
@@ -524,7 +530,12 @@ async fn manifests_with_more_references_than_one_statement_names() {
     };
     let body = manifest(&layers);
     e.reg
-        .put_manifest(&repo, &Reference::Tag("all".into()), None, Bytes::from(body))
+        .put_manifest(
+            &repo,
+            &Reference::Tag("all".into()),
+            None,
+            Bytes::from(body),
+        )
         .await
         .unwrap();
     // Two unknown layers, one in the first chunk of references and one in the last: both
@@ -545,7 +556,10 @@ async fn manifests_with_more_references_than_one_statement_names() {
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::ManifestBlobUnknown);
-    let detail = err.detail.expect("detail lists the missing references").to_string();
+    let detail = err
+        .detail
+        .expect("detail lists the missing references")
+        .to_string();
     assert!(detail.contains(&unknown_a.to_string()), "{detail}");
     assert!(detail.contains(&unknown_b.to_string()), "{detail}");
     assert!(!detail.contains(&layers[0].to_string()), "{detail}");
