@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use kura_oci::Digest;
 use tokio::fs;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
 use crate::{
@@ -134,6 +134,46 @@ fn join_error(e: tokio::task::JoinError) -> StorageError {
     StorageError::Io(io::Error::other(e))
 }
 
+/// Streams `remaining` bytes of `file` from its current offset, one blocking read of up to
+/// READ_CHUNK bytes per item, straight into the buffer that is handed on (tokio's `fs::File`
+/// would read into its own buffer and copy: one more copy per byte and one more buffer per
+/// stream, which 32 concurrent pulls pay 32 times).
+fn blocking_chunks(file: std::fs::File, remaining: u64) -> ByteStream {
+    use std::io::Read;
+    Box::pin(futures_util::stream::try_unfold(
+        (Some(file), remaining),
+        |(file, remaining)| async move {
+            let Some(file) = file else {
+                return Ok(None);
+            };
+            if remaining == 0 {
+                return Ok(None);
+            }
+            let want = remaining.min(READ_CHUNK as u64);
+            // Allocated here, on a runtime thread, not in the blocking closure: glibc gives every
+            // blocking-pool thread its own arena, and 32 pulls spread over 32 threads kept a
+            // few buffers' worth of freed memory in each (peak RSS 83 instead of 65 MiB).
+            let mut buf = Vec::with_capacity(want as usize);
+            let (file, buf) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+                (&file).take(want).read_to_end(&mut buf)?;
+                Ok((file, buf))
+            })
+            .await
+            .map_err(io::Error::other)??;
+            if buf.is_empty() {
+                // The file is shorter than its recorded size: end the body short, which the
+                // client sees as a truncated transfer rather than a silently wrong blob.
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "blob file ended before its recorded size",
+                ));
+            }
+            let left = remaining - buf.len() as u64;
+            Ok(Some((bytes::Bytes::from(buf), (Some(file), left))))
+        },
+    ))
+}
+
 fn not_found(e: io::Error, what: impl FnOnce() -> String) -> StorageError {
     if e.kind() == io::ErrorKind::NotFound {
         StorageError::NotFound(what())
@@ -157,19 +197,26 @@ impl BlobStore for FsBlobStore {
     }
 
     async fn read_blob(&self, key: &str, range: Option<ByteRange>) -> Result<ByteStream> {
-        let mut file = fs::File::open(self.blob_path(key)?)
-            .await
-            .map_err(|e| not_found(e, || key.to_string()))?;
-        match range {
-            None => Ok(Box::pin(ReaderStream::with_capacity(file, READ_CHUNK))),
-            Some(r) => {
-                file.seek(SeekFrom::Start(r.start)).await?;
-                Ok(Box::pin(ReaderStream::with_capacity(
-                    file.take(r.len()),
-                    READ_CHUNK,
-                )))
+        let path = self.blob_path(key)?;
+        let key = key.to_string();
+        let (start, len) = match range {
+            Some(r) => (r.start, Some(r.len())),
+            None => (0, None),
+        };
+        // Open, size and seek in one blocking call; the body is then read by `blocking_chunks`.
+        let (file, remaining) = tokio::task::spawn_blocking(move || -> Result<_> {
+            use std::io::Seek;
+            let mut file = std::fs::File::open(&path).map_err(|e| not_found(e, || key))?;
+            let size = file.metadata()?.len();
+            if start > 0 {
+                file.seek(SeekFrom::Start(start))?;
             }
-        }
+            let remaining = len.unwrap_or(size.saturating_sub(start));
+            Ok((file, remaining))
+        })
+        .await
+        .map_err(join_error)??;
+        Ok(blocking_chunks(file, remaining))
     }
 
     async fn delete_blob(&self, key: &str) -> Result<()> {
