@@ -259,7 +259,17 @@ impl BlobStore for FsBlobStore {
         while !done {
             match data.next().await {
                 Some(chunk) => {
-                    let chunk = chunk?;
+                    let chunk = match chunk {
+                        Ok(chunk) => chunk,
+                        Err(e) => {
+                            // Let the write in flight finish before the caller may release the
+                            // upload: a retry must not race a stale write into the same file.
+                            if let Some(job) = in_flight.take() {
+                                let _ = job.await;
+                            }
+                            return Err(e.into());
+                        }
+                    };
                     if pending.is_empty() && pending.capacity() < WRITE_BUFFER {
                         pending.reserve(chunk.len().min(WRITE_BUFFER));
                     }
