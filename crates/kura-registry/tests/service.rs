@@ -145,9 +145,20 @@ async fn chunked_upload_resumes_and_verifies() {
         .await
         .unwrap();
     assert_eq!(size, 300_000);
-    assert_eq!(e.reg.stat_blob(&repo, &digest).await.unwrap().size, 300_000);
+    assert_committed(&e, &repo, &up.id, &digest, 300_000).await;
+}
+
+/// The blob is readable at `size` and its upload session is gone.
+async fn assert_committed(
+    e: &Env,
+    repo: &RepositoryName,
+    upload: &str,
+    digest: &Digest,
+    size: u64,
+) {
+    assert_eq!(e.reg.stat_blob(repo, digest).await.unwrap().size, size);
     assert_eq!(
-        e.reg.upload_status(&repo, &up.id).await.unwrap_err().code,
+        e.reg.upload_status(repo, upload).await.unwrap_err().code,
         ErrorCode::BlobUploadUnknown
     );
 }
@@ -452,11 +463,7 @@ async fn final_chunk_is_checked_against_the_recorded_position() {
         .await
         .unwrap();
     assert_eq!(size, 50_000);
-    assert_eq!(e.reg.stat_blob(&repo, &digest).await.unwrap().size, 50_000);
-    assert_eq!(
-        e.reg.upload_status(&repo, &up.id).await.unwrap_err().code,
-        ErrorCode::BlobUploadUnknown
-    );
+    assert_committed(&e, &repo, &up.id, &digest, 50_000).await;
 }
 
 #[tokio::test]
