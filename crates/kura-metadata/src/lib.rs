@@ -130,6 +130,10 @@ pub enum CommitOutcome {
     },
     /// Nothing was recorded and the upload session is left as it was.
     QuotaExceeded(QuotaExceeded),
+    /// Nothing was recorded: the upload's row had moved past `recorded_size` (a concurrent
+    /// request on another replica appended to it), so the committed bytes may not be the ones
+    /// that were hashed.
+    UploadChanged,
 }
 
 /// Result of deleting a manifest.
@@ -236,7 +240,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Records a committed blob, links it to the repository and ends the upload session, in
     /// one transaction, unless that grows the project past its quota. The recorded storage key
     /// is `storage_key`, or the key of an earlier commit of the same digest (the caller then
-    /// drops its copy).
+    /// drops its copy). `recorded_size` is the upload's size as the caller loaded it: the
+    /// commit is refused if the row says otherwise (a compare-and-set, as in `advance_upload`).
     async fn commit_blob(
         &self,
         repository_id: i64,
@@ -244,6 +249,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         size: u64,
         storage_key: &str,
         upload_id: &str,
+        recorded_size: u64,
     ) -> Result<CommitOutcome>;
 
     // --- uploads -------------------------------------------------------------------------

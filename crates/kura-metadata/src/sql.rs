@@ -1186,6 +1186,7 @@ impl MetadataStore for SqlStore {
         size: u64,
         storage_key: &str,
         upload_id: &str,
+        recorded_size: u64,
     ) -> Result<CommitOutcome> {
         with_write!(self, |p| {
             let mut tx = p.begin().await?;
@@ -1224,10 +1225,17 @@ impl MetadataStore for SqlStore {
                     return Ok(CommitOutcome::QuotaExceeded(exceeded));
                 }
             };
-            sqlx::query("DELETE FROM uploads WHERE id = $1")
-                .bind(upload_id)
-                .execute(&mut *tx)
-                .await?;
+            // Ends the session, and is the compare-and-set that keeps a concurrent append on
+            // another replica from slipping in between this upload's last write and its commit.
+            let row_size: Option<i64> =
+                sqlx::query_scalar("DELETE FROM uploads WHERE id = $1 RETURNING size")
+                    .bind(upload_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if row_size.is_some_and(|s| s != recorded_size as i64) {
+                tx.rollback().await?;
+                return Ok(CommitOutcome::UploadChanged);
+            }
             tx.commit().await?;
             Ok(CommitOutcome::Committed {
                 storage_key: recorded,
@@ -1925,12 +1933,20 @@ mod tests {
             storage_key: k.into(),
             usage: None,
         };
+        // The row says 10 bytes: a commit that loaded it at another size is refused.
         assert_eq!(
-            s.commit_blob(repo, D1, 10, "k1", "u1").await.unwrap(),
+            s.commit_blob(repo, D1, 10, "k1", "u1", 0).await.unwrap(),
+            CommitOutcome::UploadChanged
+        );
+        assert!(s.repository_blob(repo, D1).await.unwrap().is_none());
+        assert_eq!(
+            s.commit_blob(repo, D1, 10, "k1", "u1", 10).await.unwrap(),
             committed("k1")
         );
         assert_eq!(
-            s.commit_blob(other, D1, 10, "k2", "gone").await.unwrap(),
+            s.commit_blob(other, D1, 10, "k2", "gone", 10)
+                .await
+                .unwrap(),
             committed("k1")
         );
         assert!(s.unlink_blob(other, D1).await.unwrap());

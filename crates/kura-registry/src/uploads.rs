@@ -212,6 +212,7 @@ impl Registry {
     ) -> Result<u64> {
         let _guard = self.inner.upload_locks.lock(id).await;
         let mut upload = self.load_upload(repo, id).await?;
+        let recorded_size = upload.size;
         let mut hasher = None;
         if let Some(data) = final_chunk {
             check_chunk_start(&upload, start)?;
@@ -282,6 +283,7 @@ impl Registry {
                 upload.size,
                 &key,
                 &upload.id,
+                recorded_size,
             )
             .await?;
         let recorded = match outcome {
@@ -297,6 +299,16 @@ impl Registry {
                 }
                 self.discard_upload(&upload.id, &at).await;
                 return Err(self.quota_refused(repo, &exceeded));
+            }
+            CommitOutcome::UploadChanged => {
+                if let Err(e) = self.inner.store.delete_blob(&key).await {
+                    tracing::warn!(%key, error = %e, "could not remove a blob whose upload changed");
+                }
+                return Err(RegistryError::new(
+                    ErrorCode::BlobUploadInvalid,
+                    "the upload was changed by a concurrent request; query its status and resume",
+                )
+                .with_status(416));
             }
         };
         if recorded != key {
