@@ -918,6 +918,13 @@ fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// The names of a page fetched as one `string_agg(name, ',')` row (NULL: an empty page).
+fn split_names(joined: Option<String>) -> Vec<String> {
+    joined
+        .map(|j| j.split(',').map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
 const UPLOAD_COLUMNS: &str =
     "id, repository_id, size, hash_algorithm, hash_state, backend_state, created_at, updated_at";
 
@@ -1017,9 +1024,7 @@ impl MetadataStore for SqlStore {
             .fetch_one(p)
             .await?
         });
-        Ok(joined
-            .map(|j| j.split(',').map(str::to_string).collect())
-            .unwrap_or_default())
+        Ok(split_names(joined))
     }
 
     async fn search_repositories(
@@ -1671,9 +1676,7 @@ impl MetadataStore for SqlStore {
             .fetch_one(p)
             .await?
         });
-        Ok(joined
-            .map(|j| j.split(',').map(str::to_string).collect())
-            .unwrap_or_default())
+        Ok(split_names(joined))
     }
 
     async fn list_artifacts(

@@ -59,6 +59,15 @@ impl RegistryError {
         )
     }
 
+    /// 416: another request moved the upload on between this one's lookup and its write.
+    pub fn upload_changed() -> RegistryError {
+        RegistryError::new(
+            ErrorCode::BlobUploadInvalid,
+            "the upload was changed by a concurrent request; query its status and resume",
+        )
+        .with_status(416)
+    }
+
     pub fn manifest_unknown(reference: impl std::fmt::Display) -> RegistryError {
         RegistryError::new(ErrorCode::ManifestUnknown, "manifest unknown to registry")
             .with_detail(serde_json::json!({ "reference": reference.to_string() }))

@@ -139,11 +139,7 @@ impl Registry {
             )
             .await?;
         if !advanced {
-            return Err(RegistryError::new(
-                ErrorCode::BlobUploadInvalid,
-                "the upload was changed by a concurrent request; query its status and resume",
-            )
-            .with_status(416));
+            return Err(RegistryError::upload_changed());
         }
         Ok((new_pos, hasher))
     }
@@ -304,11 +300,7 @@ impl Registry {
                 if let Err(e) = self.inner.store.delete_blob(&key).await {
                     tracing::warn!(%key, error = %e, "could not remove a blob whose upload changed");
                 }
-                return Err(RegistryError::new(
-                    ErrorCode::BlobUploadInvalid,
-                    "the upload was changed by a concurrent request; query its status and resume",
-                )
-                .with_status(416));
+                return Err(RegistryError::upload_changed());
             }
         };
         if recorded != key {

@@ -24,8 +24,6 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use kura_oci::Digest;
 use tokio::fs;
-use tokio::io::AsyncReadExt;
-use tokio_util::io::ReaderStream;
 
 use crate::{
     BlobStore, ByteRange, ByteStream, ChunkSource, Durability, Result, StorageError, StoredObject,
@@ -323,13 +321,13 @@ impl BlobStore for FsBlobStore {
 
     async fn read_upload(&self, upload_id: &str, at: &UploadPosition) -> Result<ByteStream> {
         let path = self.upload_path(upload_id)?;
-        let file = fs::File::open(&path)
-            .await
-            .map_err(|e| not_found(e, || format!("upload {upload_id}")))?;
-        Ok(Box::pin(ReaderStream::with_capacity(
-            file.take(at.size),
-            READ_CHUNK,
-        )))
+        let id = upload_id.to_string();
+        let file = tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&path).map_err(|e| not_found(e, || format!("upload {id}")))
+        })
+        .await
+        .map_err(join_error)??;
+        Ok(blocking_chunks(file, at.size))
     }
 
     async fn commit_upload(
