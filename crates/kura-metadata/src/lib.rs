@@ -254,6 +254,14 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     // --- uploads -------------------------------------------------------------------------
     async fn create_upload(&self, upload: &UploadRecord) -> Result<()>;
+    /// Records a new upload session in the repository named `repository`, in one statement,
+    /// and returns the repository's id; `None` (nothing recorded) when there is no such
+    /// repository. `upload.repository_id` is ignored.
+    async fn create_upload_in(
+        &self,
+        repository: &str,
+        upload: &UploadRecord,
+    ) -> Result<Option<i64>>;
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>>;
     /// The upload `id` if it belongs to the repository named `repository` (one statement: every
     /// request of an upload session asks this).

@@ -1197,6 +1197,28 @@ impl MetadataStore for SqlStore {
             let mut tx = p.begin().await?;
             // Read the clock once the connection is ours: waiting for it must not age the row.
             let now = now_ms();
+            // Ends the session, and is the compare-and-set that keeps a concurrent append on
+            // another replica from slipping in between this upload's last write and its commit.
+            // It also reads the project's storage limit, saving a statement (each one is a
+            // round trip to SQLite's thread).
+            let session: Option<(i64, Option<i64>)> = sqlx::query_as(
+                "DELETE FROM uploads WHERE id = $1 RETURNING size, \
+                 (SELECT p.storage_limit FROM repositories r JOIN projects p \
+                 ON p.name = r.project WHERE r.id = $2)",
+            )
+            .bind(upload_id)
+            .bind(repository_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let limit = match session {
+                Some((size, _)) if size != recorded_size as i64 => {
+                    tx.rollback().await?;
+                    return Ok(CommitOutcome::UploadChanged);
+                }
+                Some((_, limit)) => limit,
+                None => storage_limit!(tx, repository_id),
+            };
+            let before = usage_bytes!(tx, repository_id, limit);
             // An earlier commit of the digest wins (the caller drops its copy); touching it
             // keeps a concurrent GC from taking it (see migration 5).
             // DO UPDATE (not DO NOTHING) so that RETURNING yields the row in both cases.
@@ -1211,8 +1233,6 @@ impl MetadataStore for SqlStore {
             .bind(now)
             .fetch_one(&mut *tx)
             .await?;
-            let limit = storage_limit!(tx, repository_id);
-            let before = usage_bytes!(tx, repository_id, limit);
             sqlx::query(
                 "INSERT INTO repository_blobs (repository_id, digest, created_at, touched_at) \
                  VALUES ($1, $2, $3, $3) ON CONFLICT (repository_id, digest) \
@@ -1230,17 +1250,6 @@ impl MetadataStore for SqlStore {
                     return Ok(CommitOutcome::QuotaExceeded(exceeded));
                 }
             };
-            // Ends the session, and is the compare-and-set that keeps a concurrent append on
-            // another replica from slipping in between this upload's last write and its commit.
-            let row_size: Option<i64> =
-                sqlx::query_scalar("DELETE FROM uploads WHERE id = $1 RETURNING size")
-                    .bind(upload_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if row_size.is_some_and(|s| s != recorded_size as i64) {
-                tx.rollback().await?;
-                return Ok(CommitOutcome::UploadChanged);
-            }
             tx.commit().await?;
             Ok(CommitOutcome::Committed {
                 storage_key: recorded,
@@ -1267,6 +1276,27 @@ impl MetadataStore for SqlStore {
             .await?;
         });
         Ok(())
+    }
+
+    async fn create_upload_in(&self, repository: &str, u: &UploadRecord) -> Result<Option<i64>> {
+        with_write!(self, |p| {
+            Ok(sqlx::query_scalar(
+                "INSERT INTO uploads (id, repository_id, size, hash_algorithm, hash_state, \
+                 backend_state, created_at, updated_at) \
+                 SELECT $1, r.id, $3, $4, $5, $6, $7, $8 FROM repositories r WHERE r.name = $2 \
+                 RETURNING repository_id",
+            )
+            .bind(&u.id)
+            .bind(repository)
+            .bind(u.size as i64)
+            .bind(&u.hash_algorithm)
+            .bind(&u.hash_state)
+            .bind(&u.backend_state)
+            .bind(u.created_at)
+            .bind(u.updated_at)
+            .fetch_optional(p)
+            .await?)
+        })
     }
 
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>> {

@@ -110,6 +110,7 @@ struct Inner {
     config: RegistryConfig,
     sinks: Vec<Arc<dyn EventSink>>,
     upload_locks: locks::KeyedLocks,
+    limits: policy::LimitCache,
 }
 
 impl Registry {
@@ -126,6 +127,7 @@ impl Registry {
                 config,
                 sinks,
                 upload_locks: locks::KeyedLocks::default(),
+                limits: policy::LimitCache::default(),
             }),
         }
     }

@@ -1,6 +1,10 @@
 //! Project policies applied on the data path: storage quotas, tag immutability, tag history
 //! and restore, and deletes in which accessories (referrers) follow their subject.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use kura_metadata::{
     DeleteManifestOutcome, ImmutabilityRule, ProjectUsage, QuotaExceeded, RestoreOutcome,
     TagHistoryEntry, UsageChange, project_of,
@@ -73,7 +77,64 @@ pub fn quota_error(project: &str, q: &QuotaExceeded) -> RegistryError {
     }))
 }
 
+/// How long a project's storage limit, as read for the advisory pre-check, is reused. The
+/// commit's check reads the limit inside its transaction, so a stale entry can only let data
+/// be received that the commit then refuses; a change through this replica clears it at once.
+const LIMIT_TTL: Duration = Duration::from_secs(1);
+/// Entries kept at most; past this the cache starts over rather than grow without bound.
+const LIMIT_CACHE_ENTRIES: usize = 4096;
+
+/// Storage limits per project, read at most once a second for the pre-checks on every upload
+/// request (each read is a round trip to the database).
+#[derive(Default)]
+pub(crate) struct LimitCache {
+    entries: Mutex<HashMap<String, (Option<u64>, Instant)>>,
+}
+
+impl LimitCache {
+    fn get(&self, project: &str) -> Option<Option<u64>> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(project)
+            .filter(|(_, at)| at.elapsed() < LIMIT_TTL)
+            .map(|(limit, _)| *limit)
+    }
+
+    fn put(&self, project: &str, limit: Option<u64>, read_at: Instant) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= LIMIT_CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(project.to_string(), (limit, read_at));
+    }
+
+    fn forget(&self, project: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.remove(project);
+    }
+}
+
 impl Registry {
+    /// The project's storage limit for the advisory pre-checks (see [`LimitCache`]).
+    async fn cached_storage_limit(&self, project: &str) -> Result<Option<u64>> {
+        if let Some(limit) = self.inner.limits.get(project) {
+            return Ok(limit);
+        }
+        // Stamped before the read, so the entry never outlives the value it was read as.
+        let read_at = Instant::now();
+        let limit = self.inner.meta.storage_limit(project).await?;
+        self.inner.limits.put(project, limit, read_at);
+        Ok(limit)
+    }
+
+    /// Sets (or with `None` removes) a project's storage limit; false when there is no such
+    /// project.
+    pub async fn set_storage_limit(&self, project: &str, limit: Option<u64>) -> Result<bool> {
+        let found = self.inner.meta.set_storage_limit(project, limit).await?;
+        self.inner.limits.forget(project);
+        Ok(found)
+    }
+
     /// Immutability rules of `repo`'s project whose repository glob matches it.
     pub async fn immutability_rules_for(
         &self,
@@ -118,7 +179,7 @@ impl Registry {
         digest: Option<&kura_oci::Digest>,
     ) -> Result<()> {
         let project = project_of(repo.as_str());
-        let Some(limit) = self.inner.meta.storage_limit(project).await? else {
+        let Some(limit) = self.cached_storage_limit(project).await? else {
             return Ok(());
         };
         if let Some(d) = digest

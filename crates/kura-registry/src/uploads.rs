@@ -55,23 +55,30 @@ fn new_upload_id() -> String {
 impl Registry {
     /// Opens an upload session in `repo`.
     pub async fn start_upload(&self, repo: &RepositoryName) -> Result<UploadStatus> {
-        let repository_id = self.inner.meta.ensure_repository(repo.as_str()).await?;
         let id = new_upload_id();
         let now = now_ms();
         let hasher = Algorithm::Sha256.hasher();
-        self.inner
+        let mut record = UploadRecord {
+            id: id.clone(),
+            repository_id: 0,
+            size: 0,
+            hash_algorithm: Algorithm::Sha256.as_str().to_string(),
+            hash_state: hasher.save_state(),
+            backend_state: String::new(),
+            created_at: now,
+            updated_at: now,
+        };
+        // One statement when the repository exists, which is the common case.
+        if self
+            .inner
             .meta
-            .create_upload(&UploadRecord {
-                id: id.clone(),
-                repository_id,
-                size: 0,
-                hash_algorithm: Algorithm::Sha256.as_str().to_string(),
-                hash_state: hasher.save_state(),
-                backend_state: String::new(),
-                created_at: now,
-                updated_at: now,
-            })
-            .await?;
+            .create_upload_in(repo.as_str(), &record)
+            .await?
+            .is_none()
+        {
+            record.repository_id = self.inner.meta.ensure_repository(repo.as_str()).await?;
+            self.inner.meta.create_upload(&record).await?;
+        }
         let pos = self.inner.store.create_upload(&id).await?;
         if !pos.backend_state.is_empty() {
             self.inner

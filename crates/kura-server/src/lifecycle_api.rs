@@ -374,11 +374,11 @@ pub(crate) async fn put_quota(
 ) -> ApiResult {
     let id = who(&state, &headers).await?;
     require_admin(&id)?;
-    let meta = state.registry.metadata();
-    if !meta
+    if !state
+        .registry
         .set_storage_limit(&name, body.storage_limit)
         .await
-        .map_err(meta_error)?
+        .map_err(registry_error)?
     {
         return Err(api_error(
             StatusCode::NOT_FOUND,
@@ -386,6 +386,7 @@ pub(crate) async fn put_quota(
             &format!("project {name} not found"),
         ));
     }
+    let meta = state.registry.metadata();
     let usage = meta.project_usage(&name).await.map_err(meta_error)?;
     Ok(Json(QuotaOut {
         project: name,

@@ -3,7 +3,8 @@
 //! ```text
 //! blobs/up/<first two chars of id>/<upload id>  committed, immutable blobs
 //!                                               (the storage key is the part after blobs/)
-//! uploads/<upload id>                           bytes of an upload in progress
+//! uploads/<upload id>                           bytes of an upload in progress (made by
+//!                                               its first write)
 //! ```
 //!
 //! A committed blob keeps the id of the upload that produced it, never its digest: two
@@ -98,8 +99,11 @@ async fn sorted_entries(dir: &Path) -> Result<Vec<String>> {
 /// an append that failed before its position was recorded).
 fn open_upload_at(path: &Path, start: u64, upload_id: &str) -> Result<std::fs::File> {
     use std::io::Seek;
+    // A session's file is created by its first write; later writes must find it.
     let mut file = std::fs::OpenOptions::new()
         .write(true)
+        .create(start == 0)
+        .truncate(false)
         .open(path)
         .map_err(|e| not_found(e, || format!("upload {upload_id}")))?;
     let on_disk = file.metadata()?.len();
@@ -113,6 +117,24 @@ fn open_upload_at(path: &Path, start: u64, upload_id: &str) -> Result<std::fs::F
     }
     file.seek(SeekFrom::Start(start))?;
     Ok(file)
+}
+
+/// Creates `dir` and any missing parents; returns the directories it made, outermost first.
+fn ensure_dir(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(vec![dir.to_path_buf()]),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mut made = ensure_dir(dir.parent().ok_or(e)?)?;
+            match std::fs::create_dir(dir) {
+                Ok(()) => made.push(dir.to_path_buf()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            Ok(made)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Asks the kernel to start writing the file's dirty pages now, without waiting for them.
@@ -226,12 +248,9 @@ impl BlobStore for FsBlobStore {
     }
 
     async fn create_upload(&self, upload_id: &str) -> Result<UploadPosition> {
-        let path = self.upload_path(upload_id)?;
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .await?;
+        // The file is created by the first write (or by the commit of an empty blob), so that
+        // opening a session costs no trip to the blocking pool.
+        self.upload_path(upload_id)?;
         Ok(UploadPosition::default())
     }
 
@@ -321,6 +340,10 @@ impl BlobStore for FsBlobStore {
 
     async fn read_upload(&self, upload_id: &str, at: &UploadPosition) -> Result<ByteStream> {
         let path = self.upload_path(upload_id)?;
+        if at.size == 0 {
+            // Nothing written yet, and perhaps no file (it is made by the first write).
+            return Ok(futures_util::stream::empty().boxed());
+        }
         let id = upload_id.to_string();
         let file = tokio::task::spawn_blocking(move || {
             std::fs::File::open(&path).map_err(|e| not_found(e, || format!("upload {id}")))
@@ -348,6 +371,8 @@ impl BlobStore for FsBlobStore {
         tokio::task::spawn_blocking(move || -> Result<()> {
             let file = std::fs::OpenOptions::new()
                 .write(true)
+                .create(size == 0)
+                .truncate(false)
                 .open(&src)
                 .map_err(|e| not_found(e, || format!("upload {id}")))?;
             if file.metadata()?.len() != size {
@@ -358,9 +383,13 @@ impl BlobStore for FsBlobStore {
             }
             drop(file);
             let dir = dst.parent().expect("blob path has a parent");
-            std::fs::create_dir_all(dir)?;
+            let created = ensure_dir(dir)?;
             std::fs::rename(&src, &dst)?;
             if strict {
+                // A directory made just now is durable only once its parents' entries are.
+                for made in created {
+                    std::fs::File::open(made.parent().expect("below the root"))?.sync_all()?;
+                }
                 std::fs::File::open(dir)?.sync_all()?;
                 std::fs::File::open(&uploads_dir)?.sync_all()?;
             }
