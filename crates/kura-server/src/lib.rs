@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Request};
-use axum::serve::ListenerExt;
 use kura_registry::Registry;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
@@ -139,18 +138,64 @@ pub fn metrics_routes<S: Clone + Send + Sync + 'static>(
     )
 }
 
+/// The most response bytes hyper queues on one HTTP/1 connection before it stops pulling the
+/// body. Blob bodies arrive in 256 KiB chunks; with hyper's default (about 400 KiB) two queued
+/// chunks plus the read in flight made 32 concurrent pulls hold ~24 MiB, which was most of the
+/// peak RSS. With this limit one chunk is queued while the next is read.
+const HTTP1_MAX_BUF: usize = 128 * 1024;
+
 /// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// HTTP/1.1, and HTTP/2 with prior knowledge, on one port.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener.tap_io(no_delay),
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(HTTP1_MAX_BUF);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors and the like: keep serving the connections we have
+                    // and try again shortly, rather than spin or stop.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        no_delay(&mut stream);
+        let service = router.clone().map_request(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        );
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Turns Nagle's algorithm off on an accepted connection. With it on, a response written as

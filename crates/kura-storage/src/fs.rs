@@ -158,28 +158,32 @@ fn join_error(e: tokio::task::JoinError) -> StorageError {
 /// READ_CHUNK bytes per item, straight into the buffer that is handed on (tokio's `fs::File`
 /// would read into its own buffer and copy: one more copy per byte and one more buffer per
 /// stream, which 32 concurrent pulls pay 32 times).
+///
+/// The next chunk is read as soon as one is handed on, so the disk read overlaps the socket
+/// write even when the HTTP layer queues only one chunk per connection (see kura-server's
+/// `HTTP1_MAX_BUF`): a stream holds at most the chunk being sent and the one read ahead.
 fn blocking_chunks(file: std::fs::File, remaining: u64) -> ByteStream {
-    use std::io::Read;
+    type Read = tokio::task::JoinHandle<io::Result<(std::fs::File, Vec<u8>)>>;
+    fn start_read(file: std::fs::File, remaining: u64) -> Read {
+        use std::io::Read;
+        let want = remaining.min(READ_CHUNK as u64);
+        // Allocated here, on a runtime thread, not in the blocking closure: glibc gives every
+        // blocking-pool thread its own arena, and 32 pulls spread over 32 threads kept a
+        // few buffers' worth of freed memory in each (peak RSS 83 instead of 65 MiB).
+        let mut buf = Vec::with_capacity(want as usize);
+        tokio::task::spawn_blocking(move || -> io::Result<_> {
+            (&file).take(want).read_to_end(&mut buf)?;
+            Ok((file, buf))
+        })
+    }
+    let first = (remaining > 0).then(|| start_read(file, remaining));
     Box::pin(futures_util::stream::try_unfold(
-        (Some(file), remaining),
-        |(file, remaining)| async move {
-            let Some(file) = file else {
+        (first, remaining),
+        |(reading, remaining)| async move {
+            let Some(reading) = reading else {
                 return Ok(None);
             };
-            if remaining == 0 {
-                return Ok(None);
-            }
-            let want = remaining.min(READ_CHUNK as u64);
-            // Allocated here, on a runtime thread, not in the blocking closure: glibc gives every
-            // blocking-pool thread its own arena, and 32 pulls spread over 32 threads kept a
-            // few buffers' worth of freed memory in each (peak RSS 83 instead of 65 MiB).
-            let mut buf = Vec::with_capacity(want as usize);
-            let (file, buf) = tokio::task::spawn_blocking(move || -> io::Result<_> {
-                (&file).take(want).read_to_end(&mut buf)?;
-                Ok((file, buf))
-            })
-            .await
-            .map_err(io::Error::other)??;
+            let (file, buf) = reading.await.map_err(io::Error::other)??;
             if buf.is_empty() {
                 // The file is shorter than its recorded size: end the body short, which the
                 // client sees as a truncated transfer rather than a silently wrong blob.
@@ -189,7 +193,8 @@ fn blocking_chunks(file: std::fs::File, remaining: u64) -> ByteStream {
                 ));
             }
             let left = remaining - buf.len() as u64;
-            Ok(Some((bytes::Bytes::from(buf), (Some(file), left))))
+            let next = (left > 0).then(|| start_read(file, left));
+            Ok(Some((bytes::Bytes::from(buf), (next, left))))
         },
     ))
 }
