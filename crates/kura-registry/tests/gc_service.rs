@@ -51,15 +51,22 @@ fn name(s: &str) -> RepositoryName {
 }
 
 async fn push(reg: &Registry, repo: &RepositoryName, data: &[u8]) -> Digest {
+    try_push(reg, repo, data).await.unwrap()
+}
+
+async fn try_push(
+    reg: &Registry,
+    repo: &RepositoryName,
+    data: &[u8],
+) -> Result<Digest, kura_registry::RegistryError> {
     let d = Algorithm::Sha256.digest_of(data);
     reg.push_blob(
         repo,
         &d,
         &mut stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from(data.to_vec()))]),
     )
-    .await
-    .unwrap();
-    d
+    .await?;
+    Ok(d)
 }
 
 fn manifest(config: &Digest, layers: &[(&Digest, usize)], subject: Option<&Digest>) -> Vec<u8> {
@@ -282,15 +289,7 @@ async fn quotas_count_shared_blobs_once_and_refuse_growth() {
     e.sql.set_storage_limit("team", Some(1500)).await.unwrap();
     let big = vec![9u8; 600];
     let d = Algorithm::Sha256.digest_of(&big);
-    let err = e
-        .reg
-        .push_blob(
-            &a,
-            &d,
-            &mut stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from(big))]),
-        )
-        .await
-        .unwrap_err();
+    let err = try_push(&e.reg, &a, &big).await.unwrap_err();
     assert_eq!((err.code, err.status), (ErrorCode::Denied, 403));
     assert!(err.message.contains("quota"), "{}", err.message);
     assert!(e.reg.stat_blob(&a, &d).await.is_err());
@@ -501,4 +500,31 @@ async fn an_interrupted_run_resumes_and_finishes_queued_deletions() {
     reg.get_manifest(&repo, &Reference::Tag("v1".into()), true)
         .await
         .unwrap();
+}
+
+/// The quota pre-check reuses a project's limit for up to a second. A limit set through this
+/// registry applies to the very next check; one set behind its back (another replica) is still
+/// enforced by the commit, which reads the limit inside its transaction.
+#[tokio::test]
+async fn cached_limits_never_let_a_commit_past_the_quota() {
+    let e = env().await;
+    e.sql.create_project("team", false).await.unwrap();
+    let a = name("team/a");
+    push(&e.reg, &a, &[1u8; 100]).await; // the pre-check has now cached "no limit"
+    e.reg.check_quota(&a, 1_000_000).await.unwrap();
+
+    assert!(e.reg.set_storage_limit("team", Some(150)).await.unwrap());
+    let err = e.reg.check_quota(&a, 100).await.unwrap_err();
+    assert_eq!((err.code, err.status), (ErrorCode::Denied, 403));
+
+    assert!(e.reg.set_storage_limit("team", None).await.unwrap());
+    e.reg.check_quota(&a, 1_000_000).await.unwrap(); // cached again: no limit
+    e.sql.set_storage_limit("team", Some(150)).await.unwrap(); // behind the cache's back
+    let big = vec![7u8; 100];
+    let d = Algorithm::Sha256.digest_of(&big);
+    let err = try_push(&e.reg, &a, &big).await.unwrap_err();
+    assert_eq!((err.code, err.status), (ErrorCode::Denied, 403));
+    assert!(e.reg.stat_blob(&a, &d).await.is_err());
+    assert_eq!(e.sql.project_usage("team").await.unwrap().bytes, 100);
+    assert!(!e.reg.set_storage_limit("nobody", Some(1)).await.unwrap());
 }
