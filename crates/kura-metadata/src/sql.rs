@@ -281,6 +281,13 @@ impl Default for SqlOptions {
     }
 }
 
+/// How a new upload session names its repository.
+#[derive(Clone, Copy)]
+enum UploadRepository<'a> {
+    Id(i64),
+    Name(&'a str),
+}
+
 pub struct SqlStore {
     pub(crate) pools: Pools,
 }
@@ -324,6 +331,41 @@ impl SqlStore {
         let store = SqlStore { pools };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Inserts an upload session row; with [`UploadRepository::Name`] in one statement that also
+    /// resolves the repository (nothing is inserted, and `None` returned, when there is none).
+    async fn insert_upload(
+        &self,
+        repository: UploadRepository<'_>,
+        u: &UploadRecord,
+    ) -> Result<Option<i64>> {
+        const COLUMNS: &str = "INSERT INTO uploads (id, repository_id, size, hash_algorithm, \
+                               hash_state, backend_state, created_at, updated_at)";
+        let sql = match repository {
+            UploadRepository::Id(_) => {
+                format!("{COLUMNS} VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING repository_id")
+            }
+            UploadRepository::Name(_) => format!(
+                "{COLUMNS} SELECT $1, r.id, $3, $4, $5, $6, $7, $8 FROM repositories r \
+                 WHERE r.name = $2 RETURNING repository_id"
+            ),
+        };
+        with_write!(self, |p| {
+            let q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&u.id);
+            let q = match repository {
+                UploadRepository::Id(id) => q.bind(id),
+                UploadRepository::Name(name) => q.bind(name),
+            };
+            Ok(q.bind(u.size as i64)
+                .bind(&u.hash_algorithm)
+                .bind(&u.hash_state)
+                .bind(&u.backend_state)
+                .bind(u.created_at)
+                .bind(u.updated_at)
+                .fetch_optional(p)
+                .await?)
+        })
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -1259,44 +1301,14 @@ impl MetadataStore for SqlStore {
     }
 
     async fn create_upload(&self, u: &UploadRecord) -> Result<()> {
-        with_write!(self, |p| {
-            sqlx::query(
-                "INSERT INTO uploads (id, repository_id, size, hash_algorithm, hash_state, \
-                 backend_state, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(&u.id)
-            .bind(u.repository_id)
-            .bind(u.size as i64)
-            .bind(&u.hash_algorithm)
-            .bind(&u.hash_state)
-            .bind(&u.backend_state)
-            .bind(u.created_at)
-            .bind(u.updated_at)
-            .execute(p)
-            .await?;
-        });
-        Ok(())
+        self.insert_upload(UploadRepository::Id(u.repository_id), u)
+            .await
+            .map(drop)
     }
 
     async fn create_upload_in(&self, repository: &str, u: &UploadRecord) -> Result<Option<i64>> {
-        with_write!(self, |p| {
-            Ok(sqlx::query_scalar(
-                "INSERT INTO uploads (id, repository_id, size, hash_algorithm, hash_state, \
-                 backend_state, created_at, updated_at) \
-                 SELECT $1, r.id, $3, $4, $5, $6, $7, $8 FROM repositories r WHERE r.name = $2 \
-                 RETURNING repository_id",
-            )
-            .bind(&u.id)
-            .bind(repository)
-            .bind(u.size as i64)
-            .bind(&u.hash_algorithm)
-            .bind(&u.hash_state)
-            .bind(&u.backend_state)
-            .bind(u.created_at)
-            .bind(u.updated_at)
-            .fetch_optional(p)
-            .await?)
-        })
+        self.insert_upload(UploadRepository::Name(repository), u)
+            .await
     }
 
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>> {
