@@ -10,6 +10,7 @@
 pub mod sql;
 pub mod lifecycle;
 pub mod ops;
+mod wal_sync;
 
 use async_trait::async_trait;
 
@@ -25,6 +26,9 @@ pub enum MetadataError {
     Migration(String),
     #[error("invalid metadata configuration: {0}")]
     Config(String),
+    /// The write-ahead log could not be synced: what was committed may not survive a crash.
+    #[error("cannot make the metadata commit durable: {0}")]
+    Durability(std::io::Error),
 }
 
 pub type Result<T, E = MetadataError> = std::result::Result<T, E>;

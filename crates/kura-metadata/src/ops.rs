@@ -862,7 +862,7 @@ impl OpsStore for SqlStore {
             }
         }
         match &self.pools {
-            Pools::Sqlite { read, write } => vec![stats("read", read), stats("write", write)],
+            Pools::Sqlite { read, write, .. } => vec![stats("read", read), stats("write", write)],
             Pools::Postgres(pg) => vec![stats("main", pg)],
         }
     }

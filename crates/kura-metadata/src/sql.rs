@@ -9,6 +9,7 @@
 //! transaction never fails on SQLite's lock upgrade, while reads run in parallel under WAL.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,6 +18,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use crate::wal_sync::WalSync;
 use crate::{
     AccessStore, ArtifactRecord, BlobRecord, CommitOutcome, DeleteManifestOutcome, DeletedManifest,
     LinkOutcome, ManifestKey, ManifestRecord, MemberRecord, MetadataError, MetadataStore,
@@ -69,7 +71,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
 const MIGRATION_LOCK_KEY: i64 = 0x6b75_7261_6d69_6772; // "kuramigr"
 
 pub(crate) enum Pools {
-    Sqlite { read: SqlitePool, write: SqlitePool },
+    Sqlite {
+        read: SqlitePool,
+        write: SqlitePool,
+        /// Strict durability: group commit of the write-ahead log (see [`crate::wal_sync`]).
+        wal: Option<Arc<WalSync>>,
+    },
     Postgres(PgPool),
 }
 
@@ -89,13 +96,19 @@ macro_rules! with_read {
     };
 }
 
-/// Runs `$body` with `$p` bound to the pool for writes.
+/// Runs `$body` with `$p` bound to the pool for writes. On SQLite with strict durability, what
+/// the body committed is synced before its value is handed back, so a body must not `return`
+/// early once it has committed something (early returns are for rollbacks and errors).
 macro_rules! with_write {
     ($self:expr, |$p:ident| $body:expr) => {
         match &$self.pools {
-            Pools::Sqlite { write, .. } => {
+            Pools::Sqlite { write, wal, .. } => {
                 let $p = write;
-                $body
+                let out = $body;
+                if let Some(wal) = wal {
+                    wal.barrier().await?;
+                }
+                out
             }
             Pools::Postgres(pg) => {
                 let $p = pg;
@@ -268,7 +281,8 @@ macro_rules! trash_manifest {
 pub struct SqlOptions {
     /// Upper bound on pooled connections (reads, for SQLite).
     pub max_connections: u32,
-    /// Make every SQLite commit durable (synchronous=FULL) rather than durable at checkpoint.
+    /// Make every SQLite write durable before it is acknowledged (group commit of the log)
+    /// rather than durable at the next checkpoint.
     pub durable_commits: bool,
 }
 
@@ -299,13 +313,13 @@ impl SqlStore {
             let base = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(if options.durable_commits {
-                    SqliteSynchronous::Full
-                } else {
-                    SqliteSynchronous::Normal
-                })
+                // Strict durability syncs the log itself, once for a group of commits.
+                .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
+            let in_memory = base.get_filename().as_os_str() == ":memory:";
+            let wal =
+                (options.durable_commits && !in_memory).then(|| WalSync::new(base.get_filename()));
             let write = SqlitePoolOptions::new()
                 .max_connections(1)
                 .connect_with(base.clone())
@@ -314,7 +328,7 @@ impl SqlStore {
                 .max_connections(options.max_connections.max(1))
                 .connect_with(base.read_only(true))
                 .await?;
-            Pools::Sqlite { read, write }
+            Pools::Sqlite { read, write, wal }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
@@ -330,6 +344,9 @@ impl SqlStore {
         };
         let store = SqlStore { pools };
         store.migrate().await?;
+        if let Pools::Sqlite { wal: Some(wal), .. } = &store.pools {
+            wal.barrier().await?;
+        }
         Ok(store)
     }
 
