@@ -969,6 +969,141 @@ fn upload_from_row(r: UploadRow) -> UploadRecord {
 /// 32,766 bound parameters, counting two per reference).
 const REFS_PER_STATEMENT: usize = 500;
 
+/// Up to this many distinct references, a SQLite manifest PUT is one batch of statements
+/// (see [`put_manifest_batched`]); its parameters stay far below SQLite's 32,766.
+const BATCHED_REFS: usize = 4_000;
+
+/// The distinct values of `v`, sorted.
+fn distinct(v: &[String]) -> Vec<&str> {
+    let set: std::collections::BTreeSet<&str> = v.iter().map(String::as_str).collect();
+    set.into_iter().collect()
+}
+
+/// A manifest PUT on SQLite in three round trips to its thread (BEGIN, one batch, COMMIT)
+/// rather than one per statement: the single write connection is held for the whole
+/// transaction, so its round trips bound every writer's throughput.
+///
+/// The batch writes first and checks after: the same statements as the general path, in a
+/// form that does not depend on what an earlier one found (upserts, conditional inserts), and
+/// with the facts the checks need returned as `(what, digest)` rows. A failed check rolls the
+/// whole transaction back, so nothing of it is ever seen (only committed WAL frames are).
+async fn put_manifest_batched(
+    write: &SqlitePool,
+    m: &NewManifest,
+    blobs: &[&str],
+    manifests: &[&str],
+) -> Result<PutManifestOutcome> {
+    // $1 repository, $2 digest, $3 now, $4 tag (NULL: none), $5..$10 the manifest's columns,
+    // then the distinct blob references, then the distinct manifest references.
+    const FIRST_REF: usize = 11;
+    let blob_params = placeholders(FIRST_REF, blobs.len());
+    let manifest_params = placeholders(FIRST_REF + blobs.len(), manifests.len());
+    let mut sql = String::from(
+        "SELECT 'previous', digest FROM tags WHERE repository_id = $1 AND name = $4; \
+         SELECT 'existed', digest FROM manifests WHERE repository_id = $1 AND digest = $2;",
+    );
+    // Checking a reference is touching it (see migration 5, and the general path).
+    if !blobs.is_empty() {
+        sql += &format!(
+            " UPDATE repository_blobs SET touched_at = $3 \
+             WHERE repository_id = $1 AND digest IN ({blob_params}) RETURNING 'blob', digest;"
+        );
+    }
+    if !manifests.is_empty() {
+        sql += &format!(
+            " UPDATE manifests SET touched_at = $3 \
+             WHERE repository_id = $1 AND digest IN ({manifest_params}) \
+             RETURNING 'manifest', digest;"
+        );
+    }
+    // An existing row is only touched; a new one also gets its references, and leaves the
+    // deleted-manifest grace period (a digest is never in both tables, so for an existing
+    // row that DELETE matches nothing, and its references are already there).
+    sql += " INSERT INTO manifests (repository_id, digest, media_type, size, payload, \
+            artifact_type, subject_digest, annotations, created_at, touched_at) \
+            VALUES ($1, $2, $5, $6, $7, $8, $9, $10, $3, $3) \
+            ON CONFLICT (repository_id, digest) DO UPDATE SET touched_at = excluded.touched_at; \
+            DELETE FROM deleted_manifests WHERE repository_id = $1 AND digest = $2;";
+    let references: Vec<String> = (0..blobs.len())
+        .map(|i| format!("($1, $2, ${}, 'blob')", FIRST_REF + i))
+        .chain(
+            (0..manifests.len())
+                .map(|i| format!("($1, $2, ${}, 'manifest')", FIRST_REF + blobs.len() + i)),
+        )
+        .collect();
+    if !references.is_empty() {
+        sql += &format!(
+            " INSERT INTO manifest_references \
+             (repository_id, manifest_digest, child_digest, child_kind) \
+             VALUES {} ON CONFLICT DO NOTHING;",
+            references.join(", ")
+        );
+    }
+    if m.tag.is_some() {
+        // History first, while the tag still shows where it pointed.
+        sql += " INSERT INTO tag_history (repository_id, tag, digest, previous_digest, changed_at) \
+                SELECT $1, $4, $2, \
+                (SELECT digest FROM tags WHERE repository_id = $1 AND name = $4), $3 \
+                WHERE NOT EXISTS \
+                (SELECT 1 FROM tags WHERE repository_id = $1 AND name = $4 AND digest = $2); \
+                INSERT INTO tags (repository_id, name, digest, updated_at) \
+                VALUES ($1, $4, $2, $3) ON CONFLICT (repository_id, name) \
+                DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at \
+                WHERE tags.digest <> excluded.digest;";
+    }
+
+    let mut tx = write.begin().await?;
+    // Read the clock once the connection is ours: waiting for it must not age the row.
+    let now = now_ms();
+    let mut q = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql))
+        .bind(m.repository_id)
+        .bind(&m.digest)
+        .bind(now)
+        .bind(&m.tag)
+        .bind(&m.media_type)
+        .bind(m.payload.len() as i64)
+        .bind(&m.payload)
+        .bind(&m.artifact_type)
+        .bind(&m.subject_digest)
+        .bind(&m.annotations);
+    for d in blobs.iter().chain(manifests) {
+        q = q.bind(*d);
+    }
+    let rows = q.fetch_all(&mut *tx).await?;
+    let found: std::collections::HashSet<(&str, &str)> =
+        rows.iter().map(|(w, d)| (w.as_str(), d.as_str())).collect();
+    let missing: Vec<String> = blobs
+        .iter()
+        .filter(|d| !found.contains(&("blob", **d)))
+        .chain(
+            manifests
+                .iter()
+                .filter(|d| !found.contains(&("manifest", **d))),
+        )
+        .map(|d| d.to_string())
+        .collect();
+    if !missing.is_empty() {
+        tx.rollback().await?;
+        return Ok(PutManifestOutcome::MissingReferences(missing));
+    }
+    let previous = rows
+        .iter()
+        .find(|(w, _)| w == "previous")
+        .map(|(_, d)| d.clone());
+    if m.immutable_tag && previous.as_ref().is_some_and(|d| *d != m.digest) {
+        tx.rollback().await?;
+        return Ok(PutManifestOutcome::TagImmutable);
+    }
+    let existed = rows.iter().any(|(w, _)| w == "existed");
+    tx.commit().await?;
+    let tag_changed = m.tag.is_some() && previous.as_deref() != Some(m.digest.as_str());
+    Ok(PutManifestOutcome::Stored {
+        created: !existed,
+        tag_changed,
+        previous_tag_target: previous.filter(|d| *d != m.digest),
+    })
+}
+
 /// `$first, $first+1, ...`: `n` numbered placeholders for an `IN (...)` list.
 fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
@@ -1405,6 +1540,17 @@ impl MetadataStore for SqlStore {
     }
 
     async fn put_manifest(&self, m: &NewManifest) -> Result<PutManifestOutcome> {
+        if let Pools::Sqlite { write, wal, .. } = &self.pools {
+            let blobs = distinct(&m.blob_refs);
+            let manifests = distinct(&m.manifest_refs);
+            if blobs.len() + manifests.len() <= BATCHED_REFS {
+                let outcome = put_manifest_batched(write, m, &blobs, &manifests).await?;
+                if let Some(wal) = wal {
+                    wal.barrier().await?;
+                }
+                return Ok(outcome);
+            }
+        }
         with_write!(self, |p| {
             let mut tx = p.begin().await?;
             // Read the clock once the connection is ours: waiting for it must not age the row.
@@ -1418,10 +1564,7 @@ impl MetadataStore for SqlStore {
                 ("repository_blobs", &m.blob_refs),
                 ("manifests", &m.manifest_refs),
             ] {
-                let distinct: std::collections::BTreeSet<&str> =
-                    refs.iter().map(String::as_str).collect();
-                let distinct: Vec<&str> = distinct.into_iter().collect();
-                for chunk in distinct.chunks(REFS_PER_STATEMENT) {
+                for chunk in distinct(refs).chunks(REFS_PER_STATEMENT) {
                     let list = placeholders(3, chunk.len());
                     let sql = format!(
                         "UPDATE {table} SET touched_at = $2 \
@@ -1871,6 +2014,7 @@ impl MetadataStore for SqlStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::LifecycleStore;
 
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -1953,6 +2097,170 @@ mod tests {
             assert_eq!(s.kind(), "postgres");
             blobs_uploads_manifests_tags_on(s).await;
         }
+    }
+
+    fn digest_of(i: usize) -> String {
+        format!("sha256:{i:064x}")
+    }
+
+    fn manifest(repo: i64, digest: &str, blobs: &[String], tag: Option<&str>) -> NewManifest {
+        NewManifest {
+            repository_id: repo,
+            digest: digest.into(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            payload: digest.as_bytes().to_vec(),
+            artifact_type: None,
+            subject_digest: None,
+            annotations: None,
+            blob_refs: blobs.to_vec(),
+            manifest_refs: vec![],
+            tag: tag.map(str::to_string),
+            immutable_tag: false,
+        }
+    }
+
+    /// What a manifest PUT decides and records: tag moves and their history, immutable tags
+    /// and missing references refused with nothing left behind, re-puts that change nothing.
+    /// On SQLite this runs the batched path, on PostgreSQL the statement-by-statement one.
+    async fn manifest_put_outcomes_on(s: SqlStore) {
+        let repo = s.ensure_repository("p/r").await.unwrap();
+        let blobs: Vec<String> = (1..=3).map(digest_of).collect();
+        for b in &blobs {
+            s.commit_blob(repo, b, 1, b, "no-session", 0).await.unwrap();
+        }
+        let (a, b, c) = (digest_of(0xa), digest_of(0xb), digest_of(0xc));
+        let stored = |created, tag_changed, previous: Option<&String>| PutManifestOutcome::Stored {
+            created,
+            tag_changed,
+            previous_tag_target: previous.cloned(),
+        };
+        let put = |m: NewManifest| {
+            let s = &s;
+            async move { s.put_manifest(&m).await.unwrap() }
+        };
+        assert_eq!(
+            put(manifest(repo, &a, &blobs[..2], Some("t"))).await,
+            stored(true, true, None)
+        );
+        assert_eq!(
+            put(manifest(repo, &b, &blobs, Some("t"))).await,
+            stored(true, true, Some(&a))
+        );
+        assert_eq!(
+            put(manifest(repo, &b, &blobs, Some("t"))).await,
+            stored(false, false, None)
+        );
+        assert_eq!(
+            put(manifest(repo, &a, &blobs[..1], None)).await,
+            stored(false, false, None)
+        );
+        let immutable = NewManifest {
+            immutable_tag: true,
+            ..manifest(repo, &c, &blobs, Some("t"))
+        };
+        assert_eq!(put(immutable).await, PutManifestOutcome::TagImmutable);
+        // The same tag, at the digest it already has, is fine when immutable.
+        let same = NewManifest {
+            immutable_tag: true,
+            ..manifest(repo, &b, &blobs, Some("t"))
+        };
+        assert_eq!(put(same).await, stored(false, false, None));
+        let unknown = digest_of(0xdead);
+        let index = NewManifest {
+            manifest_refs: vec![b.clone(), unknown.clone(), a.clone(), unknown.clone()],
+            ..manifest(repo, &c, &[blobs[0].clone(), digest_of(0xbeef)], Some("i"))
+        };
+        assert_eq!(
+            put(index.clone()).await,
+            PutManifestOutcome::MissingReferences(vec![digest_of(0xbeef), unknown.clone()])
+        );
+        // Refused puts left nothing: no manifest, no tag, no history.
+        assert!(
+            s.manifest_by_digest(repo, &c, false)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(s.manifest_by_tag(repo, "i", false).await.unwrap().is_none());
+        assert!(s.tag_history(repo, "i", 10).await.unwrap().is_empty());
+        let history: Vec<_> = s
+            .tag_history(repo, "t", 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.digest, e.previous_digest))
+            .collect();
+        assert_eq!(
+            history,
+            vec![(Some(b.clone()), Some(a.clone())), (Some(a.clone()), None)]
+        );
+        let index = NewManifest {
+            manifest_refs: vec![b.clone(), a.clone(), a.clone()],
+            blob_refs: vec![blobs[0].clone()],
+            ..index
+        };
+        assert_eq!(put(index).await, stored(true, true, None));
+        let got = s.manifest_by_tag(repo, "i", true).await.unwrap().unwrap();
+        assert_eq!(got.digest, c);
+        assert_eq!(got.payload.as_deref(), Some(c.as_bytes()));
+        assert_eq!(
+            s.manifest_by_tag(repo, "t", false)
+                .await
+                .unwrap()
+                .unwrap()
+                .digest,
+            b
+        );
+    }
+
+    #[tokio::test]
+    async fn manifest_put_outcomes() {
+        let (_d, s) = sqlite().await;
+        manifest_put_outcomes_on(s).await;
+    }
+
+    #[tokio::test]
+    async fn manifest_put_outcomes_postgres() {
+        if let Some(s) = postgres().await {
+            manifest_put_outcomes_on(s).await;
+        }
+    }
+
+    /// Past BATCHED_REFS references SQLite takes the statement-by-statement path.
+    #[tokio::test]
+    async fn a_manifest_with_more_references_than_one_batch_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let options = SqlOptions {
+            durable_commits: false,
+            ..SqlOptions::default()
+        };
+        let s = SqlStore::connect(&url, &options).await.unwrap();
+        let repo = s.ensure_repository("p/big").await.unwrap();
+        let blobs: Vec<String> = (1..=BATCHED_REFS + 1).map(digest_of).collect();
+        for b in &blobs {
+            s.commit_blob(repo, b, 1, b, "no-session", 0).await.unwrap();
+        }
+        let top = digest_of(0);
+        let mut m = manifest(repo, &top, &blobs, Some("big"));
+        m.blob_refs.push(digest_of(BATCHED_REFS + 2));
+        assert_eq!(
+            s.put_manifest(&m).await.unwrap(),
+            PutManifestOutcome::MissingReferences(vec![digest_of(BATCHED_REFS + 2)])
+        );
+        m.blob_refs.pop();
+        assert!(matches!(
+            s.put_manifest(&m).await.unwrap(),
+            PutManifestOutcome::Stored { created: true, .. }
+        ));
+        assert_eq!(
+            s.manifest_by_tag(repo, "big", false)
+                .await
+                .unwrap()
+                .unwrap()
+                .digest,
+            top
+        );
     }
 
     #[tokio::test]
