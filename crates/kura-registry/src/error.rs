@@ -104,6 +104,14 @@ impl From<kura_metadata::MetadataError> for RegistryError {
 
 impl From<kura_storage::StorageError> for RegistryError {
     fn from(e: kura_storage::StorageError) -> Self {
-        RegistryError::internal(e)
+        match e {
+            // The stored bytes of an upload do not match its recorded position (lost in a
+            // crash, or a backend that dropped a part): retrying this session cannot succeed.
+            kura_storage::StorageError::Conflict(m) => RegistryError::new(
+                ErrorCode::BlobUploadInvalid,
+                format!("the upload's stored data is incomplete; start a new upload ({m})"),
+            ),
+            e => RegistryError::internal(e),
+        }
     }
 }

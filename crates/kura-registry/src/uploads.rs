@@ -133,6 +133,8 @@ impl Registry {
         data: ChunkSource<'_>,
     ) -> Result<(UploadPosition, Option<Hasher>)> {
         let (new_pos, hasher) = self.write_locked(upload, data).await?;
+        // Durable bytes before a durable position (a no-op unless the backend needs it).
+        self.inner.store.sync_upload(&upload.id, &new_pos).await?;
         let state = hasher.as_ref().map(Hasher::save_state).unwrap_or_default();
         let advanced = self
             .inner

@@ -110,6 +110,8 @@ async fn upload_commit_read(store: &dyn BlobStore) {
         .await
         .unwrap();
     assert_eq!(pos.size, 12);
+    // What a caller does before recording a position; it changes nothing visible.
+    store.sync_upload(id, &pos).await.unwrap();
     let pos = store
         .append_upload(id, &pos, &mut chunks(&[b"house"]))
         .await

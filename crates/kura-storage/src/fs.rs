@@ -343,6 +343,24 @@ impl BlobStore for FsBlobStore {
         })
     }
 
+    async fn sync_upload(&self, upload_id: &str, at: &UploadPosition) -> Result<()> {
+        if self.durability != Durability::Strict || at.size == 0 {
+            return Ok(());
+        }
+        let path = self.upload_path(upload_id)?;
+        let id = upload_id.to_string();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let file =
+                std::fs::File::open(&path).map_err(|e| not_found(e, || format!("upload {id}")))?;
+            // The writes started their writeback as they went (`start_writeback`), so this
+            // mostly waits for the last few MiB.
+            file.sync_data()?;
+            Ok(())
+        })
+        .await
+        .map_err(join_error)?
+    }
+
     async fn read_upload(&self, upload_id: &str, at: &UploadPosition) -> Result<ByteStream> {
         let path = self.upload_path(upload_id)?;
         if at.size == 0 {
@@ -380,7 +398,15 @@ impl BlobStore for FsBlobStore {
                 .truncate(false)
                 .open(&src)
                 .map_err(|e| not_found(e, || format!("upload {id}")))?;
-            if file.metadata()?.len() != size {
+            let on_disk = file.metadata()?.len();
+            if on_disk < size {
+                // Bytes the session recorded are gone (a crash before they reached the disk):
+                // padding the file would publish content that does not match the digest.
+                return Err(StorageError::Conflict(format!(
+                    "upload {id} holds {on_disk} bytes, expected {size}"
+                )));
+            }
+            if on_disk > size {
                 file.set_len(size)?;
             }
             if strict {
@@ -482,6 +508,35 @@ mod tests {
             .await
             .unwrap();
         crate::conformance::run_all(&store).await;
+    }
+
+    /// A recorded position past the bytes the file holds (they were lost in a crash before
+    /// they reached the disk) must not be committed as a zero-padded blob.
+    #[tokio::test]
+    async fn a_commit_refuses_an_upload_that_lost_recorded_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path(), Durability::Strict)
+            .await
+            .unwrap();
+        let data = vec![7u8; 100];
+        let digest = kura_oci::Algorithm::Sha256.digest_of(&data);
+        let p0 = store.create_upload("lost").await.unwrap();
+        let mut body = futures_util::stream::iter(vec![Ok(bytes::Bytes::from(data))]);
+        let pos = store.append_upload("lost", &p0, &mut body).await.unwrap();
+        store.sync_upload("lost", &pos).await.unwrap();
+        let file = dir.path().join("uploads").join("lost");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(60)
+            .unwrap();
+        match store.commit_upload("lost", &pos, &digest).await {
+            Err(StorageError::Conflict(m)) => assert!(m.contains("60"), "{m}"),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 60);
+        assert!(store.list_blobs(None, 10).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -141,6 +141,16 @@ pub trait BlobStore: Send + Sync + 'static {
         data: ChunkSource<'_>,
     ) -> Result<UploadPosition>;
 
+    /// Makes the bytes an upload holds up to `at` durable. The caller calls it before it
+    /// records `at` as the upload's position, so that a recorded position never points past
+    /// bytes a crash can lose: a later commit would otherwise publish a blob whose content no
+    /// longer matches the digest computed while receiving it. Backends whose appends are
+    /// durable when they return (object stores), or that were told not to sync (relaxed
+    /// durability), do nothing.
+    async fn sync_upload(&self, _upload_id: &str, _at: &UploadPosition) -> Result<()> {
+        Ok(())
+    }
+
     /// Streams back what an upload holds so far (used to rebuild a hash state). Backends
     /// that cannot read unfinished uploads (S3 multipart) answer `Unsupported`; the caller
     /// then commits first and verifies the committed blob, which is still invisible to users
