@@ -406,7 +406,11 @@ impl OpsStore for SqlStore {
                         .push_bind(&r.prev_hash)
                         .push_bind(&r.hash);
                 });
-                insert.build().execute(&mut *tx).await?;
+                // Every row count is another statement text, and a prepared 128-row INSERT
+                // holds a few hundred KiB: cached for each count it kept ~10 MiB after a pull
+                // burst. Only the full size (the one a load repeats) and single rows are cached.
+                let cache = chunk.len() == AUDIT_ROWS_PER_INSERT || chunk.len() == 1;
+                insert.build().persistent(cache).execute(&mut *tx).await?;
             }
             sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
                 .bind(seq)

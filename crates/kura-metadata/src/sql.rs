@@ -965,14 +965,6 @@ fn upload_from_row(r: UploadRow) -> UploadRecord {
     }
 }
 
-/// How many references one statement of a manifest PUT names (well under SQLite's limit of
-/// 32,766 bound parameters, counting two per reference).
-const REFS_PER_STATEMENT: usize = 500;
-
-/// Up to this many distinct references, a SQLite manifest PUT is one batch of statements
-/// (see [`put_manifest_batched`]); its parameters stay far below SQLite's 32,766.
-const BATCHED_REFS: usize = 4_000;
-
 /// The distinct values of `v`, sorted.
 fn distinct(v: &[String]) -> Vec<&str> {
     let set: std::collections::BTreeSet<&str> = v.iter().map(String::as_str).collect();
@@ -985,8 +977,11 @@ fn distinct(v: &[String]) -> Vec<&str> {
 ///
 /// The batch writes first and checks after: the same statements as the general path, in a
 /// form that does not depend on what an earlier one found (upserts, conditional inserts), and
-/// with the facts the checks need returned as `(what, digest)` rows. A failed check rolls the
-/// whole transaction back, so nothing of it is ever seen (only committed WAL frames are).
+/// with the facts the checks need returned as `(what, digest)` rows (no row at all for a
+/// reference that is present). A failed check rolls the whole transaction back, so nothing of
+/// it is ever seen (only committed WAL frames are). The references travel as two JSON arrays,
+/// so the statement text is the same for every manifest and stays prepared: one text per
+/// reference count kept a prepared statement for each count seen.
 async fn put_manifest_batched(
     write: &SqlitePool,
     m: &NewManifest,
@@ -994,68 +989,46 @@ async fn put_manifest_batched(
     manifests: &[&str],
 ) -> Result<PutManifestOutcome> {
     // $1 repository, $2 digest, $3 now, $4 tag (NULL: none), $5..$10 the manifest's columns,
-    // then the distinct blob references, then the distinct manifest references.
-    const FIRST_REF: usize = 11;
-    let blob_params = placeholders(FIRST_REF, blobs.len());
-    let manifest_params = placeholders(FIRST_REF + blobs.len(), manifests.len());
-    let mut sql = String::from(
-        "SELECT 'previous', digest FROM tags WHERE repository_id = $1 AND name = $4; \
-         SELECT 'existed', digest FROM manifests WHERE repository_id = $1 AND digest = $2;",
-    );
-    // Checking a reference is touching it (see migration 5, and the general path).
-    if !blobs.is_empty() {
-        sql += &format!(
-            " UPDATE repository_blobs SET touched_at = $3 \
-             WHERE repository_id = $1 AND digest IN ({blob_params}) RETURNING 'blob', digest;"
-        );
-    }
-    if !manifests.is_empty() {
-        sql += &format!(
-            " UPDATE manifests SET touched_at = $3 \
-             WHERE repository_id = $1 AND digest IN ({manifest_params}) \
-             RETURNING 'manifest', digest;"
-        );
-    }
-    // An existing row is only touched; a new one also gets its references, and leaves the
-    // deleted-manifest grace period (a digest is never in both tables, so for an existing
-    // row that DELETE matches nothing, and its references are already there).
-    sql += " INSERT INTO manifests (repository_id, digest, media_type, size, payload, \
-            artifact_type, subject_digest, annotations, created_at, touched_at) \
-            VALUES ($1, $2, $5, $6, $7, $8, $9, $10, $3, $3) \
-            ON CONFLICT (repository_id, digest) DO UPDATE SET touched_at = excluded.touched_at; \
-            DELETE FROM deleted_manifests WHERE repository_id = $1 AND digest = $2;";
-    let references: Vec<String> = (0..blobs.len())
-        .map(|i| format!("($1, $2, ${}, 'blob')", FIRST_REF + i))
-        .chain(
-            (0..manifests.len())
-                .map(|i| format!("($1, $2, ${}, 'manifest')", FIRST_REF + blobs.len() + i)),
-        )
-        .collect();
-    if !references.is_empty() {
-        sql += &format!(
-            " INSERT INTO manifest_references \
-             (repository_id, manifest_digest, child_digest, child_kind) \
-             VALUES {} ON CONFLICT DO NOTHING;",
-            references.join(", ")
-        );
-    }
-    if m.tag.is_some() {
-        // History first, while the tag still shows where it pointed.
-        sql += " INSERT INTO tag_history (repository_id, tag, digest, previous_digest, changed_at) \
-                SELECT $1, $4, $2, \
-                (SELECT digest FROM tags WHERE repository_id = $1 AND name = $4), $3 \
-                WHERE NOT EXISTS \
-                (SELECT 1 FROM tags WHERE repository_id = $1 AND name = $4 AND digest = $2); \
-                INSERT INTO tags (repository_id, name, digest, updated_at) \
-                VALUES ($1, $4, $2, $3) ON CONFLICT (repository_id, name) \
-                DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at \
-                WHERE tags.digest <> excluded.digest;";
-    }
-
+    // $11 the distinct blob references, $12 the distinct manifest references (JSON arrays).
+    const SQL: &str = "\
+        SELECT 'previous', digest FROM tags WHERE repository_id = $1 AND name = $4; \
+        SELECT 'existed', digest FROM manifests WHERE repository_id = $1 AND digest = $2; \
+        UPDATE repository_blobs SET touched_at = $3 \
+        WHERE repository_id = $1 AND digest IN (SELECT value FROM json_each($11)); \
+        UPDATE manifests SET touched_at = $3 \
+        WHERE repository_id = $1 AND digest IN (SELECT value FROM json_each($12)); \
+        SELECT 'blob', j.value FROM json_each($11) j WHERE NOT EXISTS \
+        (SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = j.value); \
+        SELECT 'manifest', j.value FROM json_each($12) j WHERE NOT EXISTS \
+        (SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = j.value); \
+        INSERT INTO manifests (repository_id, digest, media_type, size, payload, \
+        artifact_type, subject_digest, annotations, created_at, touched_at) \
+        VALUES ($1, $2, $5, $6, $7, $8, $9, $10, $3, $3) \
+        ON CONFLICT (repository_id, digest) DO UPDATE SET touched_at = excluded.touched_at; \
+        DELETE FROM deleted_manifests WHERE repository_id = $1 AND digest = $2; \
+        INSERT INTO manifest_references (repository_id, manifest_digest, child_digest, child_kind) \
+        SELECT $1, $2, value, 'blob' FROM json_each($11) \
+        UNION ALL SELECT $1, $2, value, 'manifest' FROM json_each($12) \
+        WHERE true ON CONFLICT DO NOTHING; \
+        INSERT INTO tag_history (repository_id, tag, digest, previous_digest, changed_at) \
+        SELECT $1, $4, $2, (SELECT digest FROM tags WHERE repository_id = $1 AND name = $4), $3 \
+        WHERE $4 IS NOT NULL AND NOT EXISTS \
+        (SELECT 1 FROM tags WHERE repository_id = $1 AND name = $4 AND digest = $2); \
+        INSERT INTO tags (repository_id, name, digest, updated_at) \
+        SELECT $1, $4, $2, $3 WHERE $4 IS NOT NULL \
+        ON CONFLICT (repository_id, name) \
+        DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at \
+        WHERE tags.digest <> excluded.digest;";
+    // Checking a reference is touching it (see migration 5, and the general path); an
+    // existing manifest row is only touched, a new one also gets its references and leaves
+    // the deleted-manifest grace period (a digest is never in both tables, so for an existing
+    // row that DELETE matches nothing, and its references are already there). The tag's
+    // history is written first, while the tag still shows where it pointed.
+    let json = |v: &[&str]| serde_json::to_string(v).expect("strings serialize");
     let mut tx = write.begin().await?;
     // Read the clock once the connection is ours: waiting for it must not age the row.
     let now = now_ms();
-    let mut q = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql))
+    let rows = sqlx::query_as::<_, (String, String)>(SQL)
         .bind(m.repository_id)
         .bind(&m.digest)
         .bind(now)
@@ -1065,22 +1038,15 @@ async fn put_manifest_batched(
         .bind(&m.payload)
         .bind(&m.artifact_type)
         .bind(&m.subject_digest)
-        .bind(&m.annotations);
-    for d in blobs.iter().chain(manifests) {
-        q = q.bind(*d);
-    }
-    let rows = q.fetch_all(&mut *tx).await?;
-    let found: std::collections::HashSet<(&str, &str)> =
-        rows.iter().map(|(w, d)| (w.as_str(), d.as_str())).collect();
-    let missing: Vec<String> = blobs
+        .bind(&m.annotations)
+        .bind(json(blobs))
+        .bind(json(manifests))
+        .fetch_all(&mut *tx)
+        .await?;
+    let missing: Vec<String> = rows
         .iter()
-        .filter(|d| !found.contains(&("blob", **d)))
-        .chain(
-            manifests
-                .iter()
-                .filter(|d| !found.contains(&("manifest", **d))),
-        )
-        .map(|d| d.to_string())
+        .filter(|(w, _)| w == "blob" || w == "manifest")
+        .map(|(_, d)| d.clone())
         .collect();
     if !missing.is_empty() {
         tx.rollback().await?;
@@ -1102,14 +1068,6 @@ async fn put_manifest_batched(
         tag_changed,
         previous_tag_target: previous.filter(|d| *d != m.digest),
     })
-}
-
-/// `$first, $first+1, ...`: `n` numbered placeholders for an `IN (...)` list.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// The names of a page fetched as one `string_agg(name, ',')` row (NULL: an empty page).
@@ -1540,62 +1498,61 @@ impl MetadataStore for SqlStore {
     }
 
     async fn put_manifest(&self, m: &NewManifest) -> Result<PutManifestOutcome> {
+        let blobs = distinct(&m.blob_refs);
+        let manifests = distinct(&m.manifest_refs);
         if let Pools::Sqlite { write, wal, .. } = &self.pools {
-            let blobs = distinct(&m.blob_refs);
-            let manifests = distinct(&m.manifest_refs);
-            if blobs.len() + manifests.len() <= BATCHED_REFS {
-                let outcome = put_manifest_batched(write, m, &blobs, &manifests).await?;
-                if let Some(wal) = wal {
-                    wal.barrier().await?;
-                }
-                return Ok(outcome);
+            let outcome = put_manifest_batched(write, m, &blobs, &manifests).await?;
+            if let Some(wal) = wal {
+                wal.barrier().await?;
             }
+            return Ok(outcome);
         }
+        // PostgreSQL: statement by statement (its extended protocol takes one statement per
+        // message). References travel as JSON arrays, so each statement's text is the same
+        // for every manifest and stays prepared, whatever the number of references.
+        let blob_list = serde_json::to_string(&blobs).expect("strings serialize");
+        let manifest_list = serde_json::to_string(&manifests).expect("strings serialize");
         with_write!(self, |p| {
             let mut tx = p.begin().await?;
             // Read the clock once the connection is ours: waiting for it must not age the row.
             let now = now_ms();
             // Checking a reference *is* touching it: the update both proves the row exists and
-            // makes a concurrent GC skip it (see migration 5). One statement per kind and
-            // chunk, not one per reference; only when fewer rows matched than there are
-            // distinct references does a second statement find out which ones are missing.
+            // makes a concurrent GC skip it (see migration 5). One statement per kind; only
+            // when fewer rows matched than there are distinct references does a second
+            // statement find out which ones are missing.
             let mut missing = Vec::new();
-            for (table, refs) in [
-                ("repository_blobs", &m.blob_refs),
-                ("manifests", &m.manifest_refs),
+            for (table, list, n) in [
+                ("repository_blobs", &blob_list, blobs.len()),
+                ("manifests", &manifest_list, manifests.len()),
             ] {
-                for chunk in distinct(refs).chunks(REFS_PER_STATEMENT) {
-                    let list = placeholders(3, chunk.len());
-                    let sql = format!(
-                        "UPDATE {table} SET touched_at = $2 \
-                         WHERE repository_id = $1 AND digest IN ({list})"
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .bind(m.repository_id)
-                        .bind(now);
-                    for d in chunk {
-                        q = q.bind(*d);
-                    }
-                    if q.execute(&mut *tx).await?.rows_affected() == chunk.len() as u64 {
-                        continue;
-                    }
-                    let sql = format!(
-                        "SELECT digest FROM {table} WHERE repository_id = $1 AND digest IN ({})",
-                        placeholders(2, chunk.len())
-                    );
-                    let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
-                        .bind(m.repository_id);
-                    for d in chunk {
-                        q = q.bind(*d);
-                    }
-                    let found: Vec<String> = q.fetch_all(&mut *tx).await?;
-                    missing.extend(
-                        chunk
-                            .iter()
-                            .filter(|d| !found.iter().any(|f| f == *d))
-                            .map(|d| d.to_string()),
-                    );
+                if n == 0 {
+                    continue;
                 }
+                let sql = format!(
+                    "UPDATE {table} SET touched_at = $2 WHERE repository_id = $1 \
+                     AND digest IN (SELECT json_array_elements_text($3::json))"
+                );
+                let touched = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(m.repository_id)
+                    .bind(now)
+                    .bind(list)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if touched == n as u64 {
+                    continue;
+                }
+                let sql = format!(
+                    "SELECT d FROM json_array_elements_text($2::json) d WHERE NOT EXISTS \
+                     (SELECT 1 FROM {table} t WHERE t.repository_id = $1 AND t.digest = d) \
+                     ORDER BY d"
+                );
+                let absent: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(m.repository_id)
+                    .bind(list)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                missing.extend(absent);
             }
             if !missing.is_empty() {
                 tx.rollback().await?;
@@ -1644,30 +1601,20 @@ impl MetadataStore for SqlStore {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                let refs: Vec<(&String, &str)> = m
-                    .blob_refs
-                    .iter()
-                    .map(|d| (d, "blob"))
-                    .chain(m.manifest_refs.iter().map(|d| (d, "manifest")))
-                    .collect();
-                for chunk in refs.chunks(REFS_PER_STATEMENT) {
-                    let values = (0..chunk.len())
-                        .map(|i| format!("($1, $2, ${}, ${})", 3 + 2 * i, 4 + 2 * i))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    let sql = format!(
-                        "INSERT INTO manifest_references \
-                         (repository_id, manifest_digest, child_digest, child_kind) \
-                         VALUES {values} ON CONFLICT DO NOTHING"
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .bind(m.repository_id)
-                        .bind(&m.digest);
-                    for (child, kind) in chunk {
-                        q = q.bind(*child).bind(*kind);
-                    }
-                    q.execute(&mut *tx).await?;
-                }
+                sqlx::query(
+                    "INSERT INTO manifest_references \
+                     (repository_id, manifest_digest, child_digest, child_kind) \
+                     SELECT $1, $2, d, 'blob' FROM json_array_elements_text($3::json) d \
+                     UNION ALL \
+                     SELECT $1, $2, d, 'manifest' FROM json_array_elements_text($4::json) d \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(m.repository_id)
+                .bind(&m.digest)
+                .bind(&blob_list)
+                .bind(&manifest_list)
+                .execute(&mut *tx)
+                .await?;
                 // Live again: it no longer waits in the deleted-manifest grace period.
                 sqlx::query(
                     "DELETE FROM deleted_manifests WHERE repository_id = $1 AND digest = $2",
@@ -2226,27 +2173,22 @@ mod tests {
         }
     }
 
-    /// Past BATCHED_REFS references SQLite takes the statement-by-statement path.
-    #[tokio::test]
-    async fn a_manifest_with_more_references_than_one_batch_holds() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("m.db").display());
-        let options = SqlOptions {
-            durable_commits: false,
-            ..SqlOptions::default()
-        };
-        let s = SqlStore::connect(&url, &options).await.unwrap();
+    /// Thousands of references: the lists travel as JSON, so any number is one statement (no
+    /// bound-parameter limit, no statement text per count), and the missing one is found
+    /// among them.
+    async fn a_manifest_with_thousands_of_references_on(s: SqlStore) {
+        const N: usize = 3_000;
         let repo = s.ensure_repository("p/big").await.unwrap();
-        let blobs: Vec<String> = (1..=BATCHED_REFS + 1).map(digest_of).collect();
+        let blobs: Vec<String> = (1..=N).map(digest_of).collect();
         for b in &blobs {
             s.commit_blob(repo, b, 1, b, "no-session", 0).await.unwrap();
         }
         let top = digest_of(0);
         let mut m = manifest(repo, &top, &blobs, Some("big"));
-        m.blob_refs.push(digest_of(BATCHED_REFS + 2));
+        m.blob_refs.push(digest_of(N + 1));
         assert_eq!(
             s.put_manifest(&m).await.unwrap(),
-            PutManifestOutcome::MissingReferences(vec![digest_of(BATCHED_REFS + 2)])
+            PutManifestOutcome::MissingReferences(vec![digest_of(N + 1)])
         );
         m.blob_refs.pop();
         assert!(matches!(
@@ -2261,6 +2203,39 @@ mod tests {
                 .digest,
             top
         );
+        let count: i64 = with_read!(s, |p| {
+            sqlx::query_scalar(
+                "SELECT count(*) FROM manifest_references \
+                 WHERE repository_id = $1 AND manifest_digest = $2",
+            )
+            .bind(repo)
+            .bind(&top)
+            .fetch_one(p)
+            .await
+            .unwrap()
+        });
+        assert_eq!(count, N as i64);
+    }
+
+    #[tokio::test]
+    async fn a_manifest_with_thousands_of_references() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let options = SqlOptions {
+            durable_commits: false,
+            ..SqlOptions::default()
+        };
+        a_manifest_with_thousands_of_references_on(
+            SqlStore::connect(&url, &options).await.unwrap(),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_manifest_with_thousands_of_references_postgres() {
+        if let Some(s) = postgres().await {
+            a_manifest_with_thousands_of_references_on(s).await;
+        }
     }
 
     #[tokio::test]
