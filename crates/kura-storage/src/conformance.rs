@@ -39,6 +39,7 @@ async fn assert_upload_holds(store: &dyn BlobStore, id: &str, at: &UploadPositio
 /// leftovers after commit and abort.
 pub async fn run_all(store: &dyn BlobStore) {
     upload_commit_read(store).await;
+    large_blob_reads(store).await;
     resume_discards_unrecorded_tail(store).await;
     abort_and_missing(store).await;
     listing_pages_in_key_order(store).await;
@@ -167,6 +168,43 @@ async fn upload_commit_read(store: &dyn BlobStore) {
 
     store.delete_blob(&key).await.unwrap();
     assert_eq!(store.blob_size(&key).await.unwrap(), None);
+    store.delete_blob(&key).await.unwrap();
+}
+
+/// A blob of several read chunks (backends read in pieces of their own choosing): the whole
+/// blob, and ranges that start and end inside, across and exactly at likely piece boundaries.
+async fn large_blob_reads(store: &dyn BlobStore) {
+    let data: Vec<u8> = (0..700 * 1024u32)
+        .map(|i| (i * 7 + i / 251) as u8)
+        .collect();
+    let digest = Algorithm::Sha256.digest_of(&data);
+    let id = "suite-upload-large";
+    let pos = store.create_upload(id).await.unwrap();
+    let pos = store
+        .append_upload(id, &pos, &mut chunks(&[&data[..100_000], &data[100_000..]]))
+        .await
+        .unwrap();
+    let key = store.commit_upload(id, &pos, &digest).await.unwrap();
+    assert!(collect(store.read_blob(&key, None).await.unwrap()).await == data);
+    let k = 1024u64;
+    for (start, end) in [
+        (0, 0),
+        (0, 64 * k - 1),
+        (0, 64 * k),
+        (64 * k - 1, 64 * k),
+        (1, 256 * k),
+        (256 * k - 1, 512 * k + 1),
+        (100, 700 * k - 1),
+        (700 * k - 1, 700 * k - 1),
+    ] {
+        let r = ByteRange { start, end };
+        let got = collect(store.read_blob(&key, Some(r)).await.unwrap()).await;
+        assert!(
+            got == data[start as usize..=end as usize],
+            "range {start}-{end}: {} bytes",
+            got.len()
+        );
+    }
     store.delete_blob(&key).await.unwrap();
 }
 

@@ -26,6 +26,7 @@ use futures_util::StreamExt;
 use kura_oci::Digest;
 use tokio::fs;
 
+use crate::cached_io;
 use crate::{
     BlobStore, ByteRange, ByteStream, ChunkSource, Durability, Result, StorageError, StoredObject,
     UploadPosition,
@@ -33,6 +34,10 @@ use crate::{
 
 /// Read buffer for streaming blobs out: large enough to keep syscalls per GiB low.
 const READ_CHUNK: usize = 256 * 1024;
+/// The first read of a whole blob, done in the same blocking call that opens the file: the
+/// size is not known before the open, and this much takes a config or small layer in one
+/// hand-off without reserving a full READ_CHUNK for every small blob.
+const FIRST_READ: usize = 64 * 1024;
 /// Write buffer for upload data.
 const WRITE_BUFFER: usize = 1024 * 1024;
 /// With strict durability, start the kernel's writeback of an upload every this many bytes, so
@@ -42,6 +47,9 @@ const WRITEBACK_EVERY: usize = 16 * 1024 * 1024;
 pub struct FsBlobStore {
     root: PathBuf,
     durability: Durability,
+    /// Read what the page cache holds on the runtime thread ([`cached_io`]); off only in
+    /// tests, which run the backend suite both ways so the blocking path stays covered.
+    cached_reads: bool,
 }
 
 impl FsBlobStore {
@@ -50,7 +58,11 @@ impl FsBlobStore {
         let root = root.into();
         fs::create_dir_all(root.join("blobs")).await?;
         fs::create_dir_all(root.join("uploads")).await?;
-        Ok(FsBlobStore { root, durability })
+        Ok(FsBlobStore {
+            root,
+            durability,
+            cached_reads: true,
+        })
     }
 
     /// The storage key of an upload's blob: `up/<first two chars>/<upload id>`.
@@ -154,36 +166,91 @@ fn join_error(e: tokio::task::JoinError) -> StorageError {
     StorageError::Io(io::Error::other(e))
 }
 
-/// Streams `remaining` bytes of `file` from its current offset, one blocking read of up to
-/// READ_CHUNK bytes per item, straight into the buffer that is handed on (tokio's `fs::File`
-/// would read into its own buffer and copy: one more copy per byte and one more buffer per
-/// stream, which 32 concurrent pulls pay 32 times).
+/// Streams `remaining` bytes of `file` from its current position, in chunks of up to
+/// READ_CHUNK bytes read straight into the buffer that is handed on (tokio's `fs::File` would
+/// read into its own buffer and copy: one more copy per byte and one more buffer per stream,
+/// which 32 concurrent pulls pay 32 times). `first` holds bytes already read from that
+/// position (the caller's open did the first read), which count towards `remaining`.
 ///
-/// The next chunk is read as soon as one is handed on, so the disk read overlaps the socket
-/// write even when the HTTP layer queues only one chunk per connection (see kura-server's
-/// `HTTP1_MAX_BUF`): a stream holds at most the chunk being sent and the one read ahead.
-fn blocking_chunks(file: std::fs::File, remaining: u64) -> ByteStream {
+/// A chunk the page cache holds is read on the runtime thread ([`cached_io::read_cached`]):
+/// no hand-off at all. A chunk that needs the disk is read on the blocking pool, and then the
+/// next chunk's read starts there as soon as one is handed on, so the disk read overlaps the
+/// socket write even when the HTTP layer queues only one chunk per connection (see
+/// kura-server's `HTTP1_MAX_BUF`): a stream holds at most the chunk being sent and the one
+/// read ahead.
+fn blocking_chunks(
+    file: std::fs::File,
+    first: Vec<u8>,
+    remaining: u64,
+    cached_reads: bool,
+) -> ByteStream {
     type Read = tokio::task::JoinHandle<io::Result<(std::fs::File, Vec<u8>)>>;
-    fn start_read(file: std::fs::File, remaining: u64) -> Read {
-        use std::io::Read;
-        let want = remaining.min(READ_CHUNK as u64);
-        // Allocated here, on a runtime thread, not in the blocking closure: glibc gives every
-        // blocking-pool thread its own arena, and 32 pulls spread over 32 threads kept a
-        // few buffers' worth of freed memory in each (peak RSS 83 instead of 65 MiB).
-        let mut buf = Vec::with_capacity(want as usize);
+    struct State {
+        file: Option<std::fs::File>,
+        first: Vec<u8>,
+        read_ahead: Option<Read>,
+        remaining: u64,
+    }
+    // Buffers are allocated on the runtime thread, never in a blocking closure: glibc gives
+    // every blocking-pool thread its own arena, and 32 pulls spread over 32 threads kept a few
+    // buffers' worth of freed memory in each (peak RSS 83 instead of 65 MiB).
+    fn buffer(remaining: u64) -> Vec<u8> {
+        Vec::with_capacity(remaining.min(READ_CHUNK as u64) as usize)
+    }
+    fn read_on_pool(file: std::fs::File, mut buf: Vec<u8>) -> Read {
         tokio::task::spawn_blocking(move || -> io::Result<_> {
-            (&file).take(want).read_to_end(&mut buf)?;
+            let want = buf.capacity() as u64;
+            read_at_most(&file, want, &mut buf)?;
             Ok((file, buf))
         })
     }
-    let first = (remaining > 0).then(|| start_read(file, remaining));
+    let state = State {
+        file: Some(file),
+        first,
+        read_ahead: None,
+        remaining,
+    };
     Box::pin(futures_util::stream::try_unfold(
-        (first, remaining),
-        |(reading, remaining)| async move {
-            let Some(reading) = reading else {
+        state,
+        move |mut st| async move {
+            if st.remaining == 0 {
                 return Ok(None);
+            }
+            // Set when the page cache missed: the next chunk is then likely cold too, and its
+            // read starts on the pool at once. After that read-ahead the cache is tried again
+            // (the kernel's own readahead may have caught up).
+            let mut missed = false;
+            let buf = if !st.first.is_empty() {
+                std::mem::take(&mut st.first)
+            } else if let Some(job) = st.read_ahead.take() {
+                let (file, buf) = job.await.map_err(io::Error::other)??;
+                st.file = Some(file);
+                buf
+            } else {
+                let file = st
+                    .file
+                    .take()
+                    .expect("the file is here when no read is in flight");
+                let mut buf = buffer(st.remaining);
+                let cached = if cached_reads {
+                    cached_io::read_cached(&file, buf.capacity(), &mut buf)?
+                } else {
+                    None
+                };
+                match cached {
+                    Some(n) if n > 0 => {
+                        st.file = Some(file);
+                        buf
+                    }
+                    _ => {
+                        let (file, buf) =
+                            read_on_pool(file, buf).await.map_err(io::Error::other)??;
+                        st.file = Some(file);
+                        missed = true;
+                        buf
+                    }
+                }
             };
-            let (file, buf) = reading.await.map_err(io::Error::other)??;
             if buf.is_empty() {
                 // The file is shorter than its recorded size: end the body short, which the
                 // client sees as a truncated transfer rather than a silently wrong blob.
@@ -192,11 +259,22 @@ fn blocking_chunks(file: std::fs::File, remaining: u64) -> ByteStream {
                     "blob file ended before its recorded size",
                 ));
             }
-            let left = remaining - buf.len() as u64;
-            let next = (left > 0).then(|| start_read(file, left));
-            Ok(Some((bytes::Bytes::from(buf), (next, left))))
+            st.remaining -= buf.len() as u64;
+            if missed && st.remaining > 0 {
+                let file = st.file.take().expect("just put back");
+                st.read_ahead = Some(read_on_pool(file, buffer(st.remaining)));
+            }
+            Ok(Some((bytes::Bytes::from(buf), st)))
         },
     ))
+}
+
+/// Reads up to `want` bytes (never more than `buf`'s spare capacity was sized for) at the file
+/// position into `buf`; fewer only at the end of the file.
+fn read_at_most(file: &std::fs::File, want: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+    use std::io::Read;
+    file.take(want).read_to_end(buf)?;
+    Ok(())
 }
 
 fn not_found(e: io::Error, what: impl FnOnce() -> String) -> StorageError {
@@ -228,20 +306,47 @@ impl BlobStore for FsBlobStore {
             Some(r) => (r.start, Some(r.len())),
             None => (0, None),
         };
-        // Open, size and seek in one blocking call; the body is then read by `blocking_chunks`.
-        let (file, remaining) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let mut first = Vec::with_capacity(match len {
+            Some(len) => len.min(READ_CHUNK as u64) as usize,
+            None => FIRST_READ,
+        });
+        // Open, size, seek and the first read on the runtime thread when the kernel's caches
+        // hold all of it (no hand-off for a hot config or range), else in one blocking call.
+        let open_at = move |mut file: std::fs::File| -> io::Result<(std::fs::File, u64)> {
             use std::io::Seek;
-            let mut file = std::fs::File::open(&path).map_err(|e| not_found(e, || key))?;
             let size = file.metadata()?.len();
             if start > 0 {
                 file.seek(SeekFrom::Start(start))?;
             }
-            let remaining = len.unwrap_or(size.saturating_sub(start));
-            Ok((file, remaining))
-        })
-        .await
-        .map_err(join_error)??;
-        Ok(blocking_chunks(file, remaining))
+            Ok((file, len.unwrap_or(size.saturating_sub(start))))
+        };
+        let opened = if self.cached_reads {
+            cached_io::open_cached(&path)
+        } else {
+            Ok(None)
+        };
+        let cached = match opened {
+            Ok(Some(file)) => Some(open_at(file)?),
+            Ok(None) => None,
+            Err(e) => return Err(not_found(e, || key)),
+        };
+        let (file, first, remaining) = match cached {
+            Some((file, remaining)) => {
+                let want = remaining.min(first.capacity() as u64) as usize;
+                // A miss leaves `first` empty; the stream then reads it on the pool.
+                cached_io::read_cached(&file, want, &mut first)?;
+                (file, first, remaining)
+            }
+            None => tokio::task::spawn_blocking(move || -> Result<_> {
+                let file = std::fs::File::open(&path).map_err(|e| not_found(e, || key))?;
+                let (file, remaining) = open_at(file)?;
+                read_at_most(&file, remaining.min(first.capacity() as u64), &mut first)?;
+                Ok((file, first, remaining))
+            })
+            .await
+            .map_err(join_error)??,
+        };
+        Ok(blocking_chunks(file, first, remaining, self.cached_reads))
     }
 
     async fn delete_blob(&self, key: &str) -> Result<()> {
@@ -373,7 +478,12 @@ impl BlobStore for FsBlobStore {
         })
         .await
         .map_err(join_error)??;
-        Ok(blocking_chunks(file, at.size))
+        Ok(blocking_chunks(
+            file,
+            Vec::new(),
+            at.size,
+            self.cached_reads,
+        ))
     }
 
     async fn commit_upload(
@@ -507,6 +617,52 @@ mod tests {
         let store = FsBlobStore::open(dir.path(), Durability::Strict)
             .await
             .unwrap();
+        crate::conformance::run_all(&store).await;
+    }
+
+    /// A blob whose middle is not in the page cache: the stream moves from cached reads to
+    /// the blocking pool (with its read-ahead) and back, and the bytes come out in order.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_partly_cached_blob_reads_back_whole() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path(), Durability::Strict)
+            .await
+            .unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = kura_oci::Algorithm::Sha256.digest_of(&data);
+        let p0 = store.create_upload("partly").await.unwrap();
+        let mut body = futures_util::stream::iter(vec![Ok(bytes::Bytes::from(data.clone()))]);
+        let pos = store.append_upload("partly", &p0, &mut body).await.unwrap();
+        // Strict durability synced it, so its pages are clean and can be dropped: all of
+        // them (a large folio only partly inside a range would stay), then a middle part is
+        // read back in.
+        let key = store.commit_upload("partly", &pos, &digest).await.unwrap();
+        let file = std::fs::File::open(store.blob_path(&key).unwrap()).unwrap();
+        // SAFETY: a plain advisory call on an open descriptor.
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        let mut middle = vec![0u8; 400_000];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut middle, 1_200_000).unwrap();
+        let mut got = Vec::new();
+        let mut chunks = 0;
+        let mut s = store.read_blob(&key, None).await.unwrap();
+        while let Some(c) = s.next().await {
+            got.extend_from_slice(&c.unwrap());
+            chunks += 1;
+        }
+        assert!(got == data, "{} bytes in {chunks} chunks", got.len());
+    }
+
+    /// The same suite with every read on the blocking pool (what a cold page cache gets).
+    #[tokio::test]
+    async fn filesystem_passes_the_backend_suite_without_cached_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FsBlobStore::open(dir.path(), Durability::Relaxed)
+            .await
+            .unwrap();
+        store.cached_reads = false;
         crate::conformance::run_all(&store).await;
     }
 

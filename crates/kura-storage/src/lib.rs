@@ -7,6 +7,7 @@
 //!
 //! Every backend is checked by the same suite ([`conformance`]).
 
+mod cached_io;
 pub mod conformance;
 pub mod fs;
 pub mod s3;
