@@ -18,7 +18,7 @@
 //! either wholly visible or absent. With strict durability the data file and both directories
 //! are fsync'ed before the commit returns.
 
-use std::io::{self, SeekFrom, Write};
+use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -27,6 +27,7 @@ use kura_oci::Digest;
 use tokio::fs;
 
 use crate::cached_io;
+use crate::upload_file::{self, UploadFile, WriteBuffer};
 use crate::{
     BlobStore, ByteRange, ByteStream, ChunkSource, Durability, Result, StorageError, StoredObject,
     UploadPosition,
@@ -50,6 +51,9 @@ pub struct FsBlobStore {
     /// Read what the page cache holds on the runtime thread ([`cached_io`]); off only in
     /// tests, which run the backend suite both ways so the blocking path stays covered.
     cached_reads: bool,
+    /// Write uploads with direct I/O ([`upload_file`]): with strict durability, until the
+    /// file system refuses it.
+    direct_writes: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FsBlobStore {
@@ -62,6 +66,9 @@ impl FsBlobStore {
             root,
             durability,
             cached_reads: true,
+            direct_writes: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
+                durability == Durability::Strict,
+            )),
         })
     }
 
@@ -107,28 +114,97 @@ async fn sorted_entries(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Opens an upload's file for appending at `start`, cutting off bytes beyond it (left over from
-/// an append that failed before its position was recorded).
-fn open_upload_at(path: &Path, start: u64, upload_id: &str) -> Result<std::fs::File> {
-    use std::io::Seek;
-    // A session's file is created by its first write; later writes must find it.
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(start == 0)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| not_found(e, || format!("upload {upload_id}")))?;
-    let on_disk = file.metadata()?.len();
-    if on_disk < start {
-        return Err(StorageError::Conflict(format!(
-            "upload {upload_id} holds {on_disk} bytes, expected {start}"
-        )));
+/// The writing half of [`FsBlobStore::append_upload`]: one blocking write in flight at a
+/// time, the file opened by the first, buffers handed back for reuse.
+struct UploadWriter {
+    path: PathBuf,
+    upload_id: String,
+    /// The recorded position the append started from (where the file is cut when opened).
+    start: u64,
+    /// Where the next buffer goes.
+    offset: u64,
+    direct: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    early_writeback: bool,
+    since_writeback: usize,
+    file: Option<UploadFile>,
+    in_flight: Option<tokio::task::JoinHandle<Result<(UploadFile, WriteBuffer)>>>,
+    spare: Option<WriteBuffer>,
+}
+
+impl UploadWriter {
+    /// A buffer for bytes from file offset `offset` on: the spare one when it is full-sized;
+    /// else a full-sized one, or for the append's first buffer one sized for the `first`
+    /// chunk (at most WRITE_BUFFER), so that a small body allocates little.
+    fn buffer(&mut self, offset: u64, first: usize) -> WriteBuffer {
+        match self.spare.take() {
+            Some(mut b) if b.capacity() == WRITE_BUFFER => {
+                b.reset(offset);
+                b
+            }
+            _ if self.offset > self.start || self.in_flight.is_some() => {
+                WriteBuffer::new(WRITE_BUFFER, offset)
+            }
+            _ => {
+                let want = first.next_multiple_of(upload_file::ALIGN);
+                WriteBuffer::new(want.clamp(upload_file::ALIGN, WRITE_BUFFER), offset)
+            }
+        }
     }
-    if on_disk > start {
-        file.set_len(start)?;
+
+    /// Waits for the write in flight, if any, taking back the file and its buffer.
+    async fn settle(&mut self) -> Result<()> {
+        if let Some(job) = self.in_flight.take() {
+            let (f, b) = job.await.map_err(join_error)??;
+            self.file = Some(f);
+            self.spare = Some(b);
+        }
+        Ok(())
     }
-    file.seek(SeekFrom::Start(start))?;
-    Ok(file)
+
+    /// Starts writing `buf` at the next offset once the write before it is done; `last`: no
+    /// more follow in this append.
+    async fn write(&mut self, buf: WriteBuffer, last: bool) -> Result<()> {
+        self.settle().await?;
+        self.since_writeback += buf.len();
+        let writeback = self.early_writeback && self.since_writeback >= WRITEBACK_EVERY;
+        if writeback {
+            self.since_writeback = 0;
+        }
+        let opened = self.file.take();
+        let (path, start, id) = (self.path.clone(), self.start, self.upload_id.clone());
+        let offset = self.offset;
+        self.offset += buf.len() as u64;
+        let direct = self.direct.clone();
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let mut f = match opened {
+                Some(f) => f,
+                // A body that is all in its first buffer goes through the page cache.
+                None => UploadFile::open_at(&path, start, &id, &direct, !last)?,
+            };
+            f.write_at(offset, buf.data(), &direct)?;
+            if writeback && let Some(page_cached) = f.page_cache_file() {
+                start_writeback(page_cached);
+            }
+            Ok((f, buf))
+        }));
+        Ok(())
+    }
+
+    /// Waits for the last write. An append that wrote nothing still opens (and, for a
+    /// session's first append, creates) the file, as a non-empty one would.
+    async fn finish(&mut self) -> Result<()> {
+        self.settle().await?;
+        if self.file.is_none() {
+            let (path, start, id) = (self.path.clone(), self.start, self.upload_id.clone());
+            let direct = self.direct.clone();
+            tokio::task::spawn_blocking(move || {
+                UploadFile::open_at(&path, start, &id, &direct, false)
+            })
+            .await
+            .map_err(join_error)??;
+        }
+        Ok(())
+    }
 }
 
 /// Creates `dir` and any missing parents; returns the directories it made, outermost first.
@@ -370,78 +446,52 @@ impl BlobStore for FsBlobStore {
         at: &UploadPosition,
         data: ChunkSource<'_>,
     ) -> Result<UploadPosition> {
-        let path = self.upload_path(upload_id)?;
-        let early_writeback = self.durability == Durability::Strict;
-        // The body is gathered into buffers of up to WRITE_BUFFER bytes, and each full buffer is
-        // written by one blocking call while the next one fills (so receiving and hashing overlap
-        // with writing). The file is opened by the first of those calls: a small body costs one
+        // The body is gathered into buffers of WRITE_BUFFER bytes (the first one sized to the
+        // first chunk, so a small body allocates little), and each full buffer is written by
+        // one blocking call while the next one fills (so receiving and hashing overlap with
+        // writing). The file is opened by the first of those calls: a small body costs one
         // hand-off to the blocking pool in all, not one per file operation.
-        let mut file: Option<std::fs::File> = None;
-        let mut in_flight: Option<tokio::task::JoinHandle<Result<(std::fs::File, Vec<u8>)>>> = None;
-        let mut spare: Vec<u8> = Vec::new();
-        let mut pending: Vec<u8> = Vec::new();
+        let mut writer = UploadWriter {
+            path: self.upload_path(upload_id)?,
+            upload_id: upload_id.to_string(),
+            start: at.size,
+            offset: at.size,
+            direct: self.direct_writes.clone(),
+            early_writeback: self.durability == Durability::Strict,
+            since_writeback: 0,
+            file: None,
+            in_flight: None,
+            spare: None,
+        };
+        let mut pending: Option<WriteBuffer> = None;
         let mut size = at.size;
-        let mut since_writeback: usize = 0;
-        let mut done = false;
-        while !done {
-            match data.next().await {
-                Some(chunk) => {
-                    let chunk = match chunk {
-                        Ok(chunk) => chunk,
-                        Err(e) => {
-                            // Let the write in flight finish before the caller may release the
-                            // upload: a retry must not race a stale write into the same file.
-                            if let Some(job) = in_flight.take() {
-                                let _ = job.await;
-                            }
-                            return Err(e.into());
-                        }
-                    };
-                    if pending.is_empty() && pending.capacity() < WRITE_BUFFER {
-                        pending.reserve(chunk.len().min(WRITE_BUFFER));
-                    }
-                    pending.extend_from_slice(&chunk);
-                    size += chunk.len() as u64;
-                    if pending.len() < WRITE_BUFFER {
-                        continue;
-                    }
+        while let Some(chunk) = data.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    // Let the write in flight finish before the caller may release the
+                    // upload: a retry must not race a stale write into the same file.
+                    writer.settle().await.ok();
+                    return Err(e.into());
                 }
-                None => done = true,
-            }
-            if let Some(job) = in_flight.take() {
-                let (f, mut buf) = job.await.map_err(join_error)??;
-                file = Some(f);
-                buf.clear();
-                spare = buf;
-            }
-            if pending.is_empty() && file.is_some() {
-                break;
-            }
-            let buf = std::mem::replace(&mut pending, std::mem::take(&mut spare));
-            since_writeback += buf.len();
-            let writeback = early_writeback && since_writeback >= WRITEBACK_EVERY;
-            if writeback {
-                since_writeback = 0;
-            }
-            let opened = file.take();
-            let path = path.clone();
-            let start = at.size;
-            let id = upload_id.to_string();
-            in_flight = Some(tokio::task::spawn_blocking(move || {
-                let mut f = match opened {
-                    Some(f) => f,
-                    None => open_upload_at(&path, start, &id)?,
-                };
-                f.write_all(&buf)?;
-                if writeback {
-                    start_writeback(&f);
+            };
+            let mut rest: &[u8] = &chunk;
+            while !rest.is_empty() {
+                let buf = pending.get_or_insert_with(|| writer.buffer(size, rest.len()));
+                let take = buf.room().min(rest.len());
+                buf.push(&rest[..take]);
+                rest = &rest[take..];
+                size += take as u64;
+                if buf.room() == 0 {
+                    let full = pending.take().expect("filled above");
+                    writer.write(full, false).await?;
                 }
-                Ok((f, buf))
-            }));
+            }
         }
-        if let Some(job) = in_flight.take() {
-            job.await.map_err(join_error)??;
+        if let Some(last) = pending.take() {
+            writer.write(last, true).await?;
         }
+        writer.finish().await?;
         Ok(UploadPosition {
             size,
             backend_state: String::new(),

@@ -11,6 +11,7 @@ mod cached_io;
 pub mod conformance;
 pub mod fs;
 pub mod s3;
+mod upload_file;
 
 use std::io;
 use std::pin::Pin;
