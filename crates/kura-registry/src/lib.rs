@@ -13,6 +13,7 @@ pub mod context;
 mod error;
 mod events;
 pub mod gc;
+mod hashing;
 mod locks;
 mod manifests;
 pub mod policy;

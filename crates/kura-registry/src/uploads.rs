@@ -8,15 +8,12 @@
 //! - A blob becomes visible only after its digest was verified and the storage commit (an
 //!   atomic rename or equivalent) succeeded; the metadata commit comes last.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use kura_metadata::{CommitOutcome, LinkOutcome, UploadRecord, now_ms};
 use kura_oci::{Algorithm, Digest, ErrorCode, Hasher, RepositoryName};
 use kura_storage::{ChunkSource, StorageError, UploadPosition};
 
+use crate::hashing::Hashing;
 use crate::{Registry, RegistryError, RegistryEvent, Result};
 
 /// Where an upload stands, as reported in `Location`/`Range` headers.
@@ -25,27 +22,6 @@ pub struct UploadStatus {
     pub id: String,
     /// Bytes received so far.
     pub size: u64,
-}
-
-/// Feeds every chunk that passes through to a hasher.
-struct Hashing<'a, 'b> {
-    inner: ChunkSource<'a>,
-    hasher: &'b mut Hasher,
-}
-
-impl Stream for Hashing<'_, '_> {
-    type Item = std::io::Result<Bytes>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        match this.inner.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                this.hasher.update(&chunk);
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            other => other,
-        }
-    }
 }
 
 fn new_upload_id() -> String {
@@ -160,23 +136,30 @@ impl Registry {
         upload: &UploadRecord,
         data: ChunkSource<'_>,
     ) -> Result<(UploadPosition, Option<Hasher>)> {
-        let mut hasher = self.restore_hasher(upload);
         let at = UploadPosition {
             size: upload.size,
             backend_state: upload.backend_state.clone(),
         };
-        let written = match hasher.as_mut() {
+        let (written, hasher) = match self.restore_hasher(upload) {
             Some(h) => {
-                let mut hashing = Hashing {
-                    inner: data,
-                    hasher: h,
-                };
-                self.inner
+                let mut hashing = Hashing::new(data, h);
+                let written = self
+                    .inner
                     .store
                     .append_upload(&upload.id, &at, &mut hashing)
-                    .await
+                    .await;
+                // Always taken back, also after a failed write: a hashing job in flight must
+                // not outlive the request.
+                match (written, hashing.finish().await) {
+                    (Ok(pos), Ok(h)) => (Ok(pos), Some(h)),
+                    (Ok(_), Err(e)) => (Err(StorageError::Io(e)), None),
+                    (Err(e), _) => (Err(e), None),
+                }
             }
-            None => self.inner.store.append_upload(&upload.id, &at, data).await,
+            None => (
+                self.inner.store.append_upload(&upload.id, &at, data).await,
+                None,
+            ),
         };
         match written {
             Ok(pos) => Ok((pos, hasher)),
