@@ -118,6 +118,24 @@ macro_rules! with_write {
     };
 }
 
+/// [`with_write!`] without waiting for SQLite's log sync: for writes whose loss in a crash
+/// loses nothing that was acknowledged. They become durable with the next synced write (the
+/// log is synced as a whole), or at SQLite's next checkpoint. PostgreSQL commits as always.
+macro_rules! with_write_unsynced {
+    ($self:expr, |$p:ident| $body:expr) => {
+        match &$self.pools {
+            Pools::Sqlite { write, .. } => {
+                let $p = write;
+                $body
+            }
+            Pools::Postgres(pg) => {
+                let $p = pg;
+                $body
+            }
+        }
+    };
+}
+
 /// The storage limit of the project a repository belongs to, inside transaction `$tx`.
 macro_rules! storage_limit {
     ($tx:ident, $repository_id:expr) => {{
@@ -368,7 +386,11 @@ impl SqlStore {
                  WHERE r.name = $2 RETURNING repository_id"
             ),
         };
-        with_write!(self, |p| {
+        // A new session holds no data yet, and its backend state (an object store's multipart
+        // id) is recorded by a synced write of its own: a crash that loses this row only makes
+        // the client start its upload again (BLOB_UPLOAD_UNKNOWN), so the POST does not wait
+        // for the log sync.
+        with_write_unsynced!(self, |p| {
             let q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&u.id);
             let q = match repository {
                 UploadRepository::Id(id) => q.bind(id),
@@ -965,6 +987,91 @@ fn upload_from_row(r: UploadRow) -> UploadRecord {
     }
 }
 
+/// A blob commit on SQLite in three round trips to its thread (BEGIN, one batch, COMMIT), for
+/// the same reason as [`put_manifest_batched`]: the single write connection is held for the
+/// whole transaction, and every small push makes one. The batch writes first and returns what
+/// the checks need as `(what, number)` rows; a failed check rolls everything back.
+async fn commit_blob_batched(
+    write: &SqlitePool,
+    repository_id: i64,
+    digest: &str,
+    size: u64,
+    storage_key: &str,
+    upload_id: &str,
+    recorded_size: u64,
+) -> Result<CommitOutcome> {
+    // $1 upload, $2 repository, $3 digest, $4 size, $5 storage key, $6 now.
+    // The DELETE ends the session and is the compare-and-set that keeps a concurrent append
+    // on another replica from slipping in between this upload's last write and its commit.
+    // Usage is kept by triggers on repository_blobs, so reading it before and after the link
+    // tells what the link added. An earlier commit of the digest wins (the caller drops its
+    // copy), and touching it keeps a concurrent GC from taking it (see migration 5); DO UPDATE
+    // (not DO NOTHING) so that RETURNING yields the row in both cases.
+    const SQL: &str = "\
+        DELETE FROM uploads WHERE id = $1 RETURNING 'session', size, NULL; \
+        SELECT 'limit', p.storage_limit, NULL FROM repositories r \
+        JOIN projects p ON p.name = r.project WHERE r.id = $2; \
+        SELECT 'before', u.bytes, NULL FROM repositories r \
+        JOIN project_usage u ON u.project = r.project WHERE r.id = $2; \
+        INSERT INTO blobs (digest, size, storage_key, created_at, touched_at) \
+        VALUES ($3, $4, $5, $6, $6) ON CONFLICT (digest) \
+        DO UPDATE SET touched_at = excluded.touched_at RETURNING 'key', NULL, storage_key; \
+        INSERT INTO repository_blobs (repository_id, digest, created_at, touched_at) \
+        VALUES ($2, $3, $6, $6) ON CONFLICT (repository_id, digest) \
+        DO UPDATE SET touched_at = excluded.touched_at; \
+        SELECT 'after', u.bytes, NULL FROM repositories r \
+        JOIN project_usage u ON u.project = r.project WHERE r.id = $2;";
+    let mut tx = write.begin().await?;
+    // Read the clock once the connection is ours: waiting for it must not age the row.
+    let now = now_ms();
+    let rows: Vec<(String, Option<i64>, Option<String>)> = sqlx::query_as(SQL)
+        .bind(upload_id)
+        .bind(repository_id)
+        .bind(digest)
+        .bind(size as i64)
+        .bind(storage_key)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+    let number = |what: &str| rows.iter().find(|r| r.0 == what).map(|r| r.1);
+    if let Some(session) = number("session")
+        && session != Some(recorded_size as i64)
+    {
+        tx.rollback().await?;
+        return Ok(CommitOutcome::UploadChanged);
+    }
+    let recorded = rows
+        .iter()
+        .find(|r| r.0 == "key")
+        .and_then(|r| r.2.clone())
+        .ok_or_else(|| MetadataError::Config("blob commit returned no storage key".into()))?;
+    let usage = match number("limit").flatten() {
+        None => None,
+        Some(limit) => {
+            let before = number("before").flatten().unwrap_or(0);
+            let after = number("after").flatten().unwrap_or(0);
+            if after > before && after > limit {
+                tx.rollback().await?;
+                return Ok(CommitOutcome::QuotaExceeded(QuotaExceeded {
+                    usage: before.max(0) as u64,
+                    requested: (after - before) as u64,
+                    limit: limit.max(0) as u64,
+                }));
+            }
+            Some(UsageChange {
+                before: before.max(0) as u64,
+                after: after.max(0) as u64,
+                limit: limit.max(0) as u64,
+            })
+        }
+    };
+    tx.commit().await?;
+    Ok(CommitOutcome::Committed {
+        storage_key: recorded,
+        usage,
+    })
+}
+
 /// The distinct values of `v`, sorted.
 fn distinct(v: &[String]) -> Vec<&str> {
     let set: std::collections::BTreeSet<&str> = v.iter().map(String::as_str).collect();
@@ -1345,6 +1452,22 @@ impl MetadataStore for SqlStore {
         upload_id: &str,
         recorded_size: u64,
     ) -> Result<CommitOutcome> {
+        if let Pools::Sqlite { write, wal, .. } = &self.pools {
+            let outcome = commit_blob_batched(
+                write,
+                repository_id,
+                digest,
+                size,
+                storage_key,
+                upload_id,
+                recorded_size,
+            )
+            .await?;
+            if let Some(wal) = wal {
+                wal.barrier().await?;
+            }
+            return Ok(outcome);
+        }
         with_write!(self, |p| {
             let mut tx = p.begin().await?;
             // Read the clock once the connection is ours: waiting for it must not age the row.

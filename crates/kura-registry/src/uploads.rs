@@ -8,6 +8,7 @@
 //! - A blob becomes visible only after its digest was verified and the storage commit (an
 //!   atomic rename or equivalent) succeeded; the metadata commit comes last.
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use kura_metadata::{CommitOutcome, LinkOutcome, UploadRecord, now_ms};
 use kura_oci::{Algorithm, Digest, ErrorCode, Hasher, RepositoryName};
@@ -22,6 +23,51 @@ pub struct UploadStatus {
     pub id: String,
     /// Bytes received so far.
     pub size: u64,
+}
+
+/// The largest body [`Registry::finish_upload`] holds in memory to store in one step.
+const SMALL_BODY: usize = 1024 * 1024;
+
+/// Reads `data` until it ends or passes SMALL_BODY bytes: the chunks read, and whether that
+/// was all of it.
+async fn gather_small(data: ChunkSource<'_>) -> Result<(Vec<Bytes>, bool)> {
+    let mut chunks = Vec::new();
+    let mut len = 0;
+    while len <= SMALL_BODY {
+        match data.next().await {
+            Some(Ok(chunk)) => {
+                len += chunk.len();
+                chunks.push(chunk);
+            }
+            Some(Err(e)) => return Err(body_error(e)),
+            None => return Ok((chunks, true)),
+        }
+    }
+    Ok((chunks, false))
+}
+
+/// An error reading a request body, as the client should see it.
+fn body_error(e: std::io::Error) -> RegistryError {
+    if is_client_abort(&e) {
+        RegistryError::new(
+            ErrorCode::BlobUploadInvalid,
+            format!("upload body was not received completely: {e}"),
+        )
+        .with_status(400)
+    } else {
+        RegistryError::internal(e)
+    }
+}
+
+fn digest_mismatch(expected: &Digest, actual: &Digest) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::DigestInvalid,
+        "provided digest did not match uploaded content",
+    )
+    .with_detail(serde_json::json!({
+        "expected": expected.to_string(),
+        "actual": actual.to_string(),
+    }))
 }
 
 fn new_upload_id() -> String {
@@ -204,7 +250,19 @@ impl Registry {
         let mut hasher = None;
         if let Some(data) = final_chunk {
             check_chunk_start(&upload, start)?;
-            let (pos, h) = self.write_locked(&upload, data).await?;
+            // A session with nothing stored yet (no bytes, no backend state) whose body turns
+            // out small is the whole blob: verified in memory and stored in one step.
+            let whole = upload.size == 0 && upload.backend_state.is_empty();
+            let (gathered, complete) = if whole {
+                gather_small(data).await?
+            } else {
+                (Vec::new(), false)
+            };
+            if complete {
+                return self.finish_small(repo, &upload, digest, gathered).await;
+            }
+            let mut data = futures_util::stream::iter(gathered.into_iter().map(Ok)).chain(data);
+            let (pos, h) = self.write_locked(&upload, &mut data).await?;
             // Both halves of the position: an object store's multipart id and parts changed too.
             upload.size = pos.size;
             upload.backend_state = pos.backend_state;
@@ -229,16 +287,7 @@ impl Registry {
                 Err(e) => return Err(e.into()),
             },
         };
-        let mismatch = |actual: &Digest| {
-            RegistryError::new(
-                ErrorCode::DigestInvalid,
-                "provided digest did not match uploaded content",
-            )
-            .with_detail(serde_json::json!({
-                "expected": digest.to_string(),
-                "actual": actual.to_string(),
-            }))
-        };
+        let mismatch = |actual: &Digest| digest_mismatch(digest, actual);
         if let Some(actual) = &actual
             && actual != digest
         {
@@ -262,6 +311,49 @@ impl Registry {
                 return Err(mismatch(&actual));
             }
         }
+        self.record_commit(repo, &upload, digest, key, &at, recorded_size)
+            .await
+    }
+
+    /// `finish_upload` for a body that arrived whole and small: hashed in memory (with the
+    /// client's algorithm, so never read back), refused without storing anything when the
+    /// digest differs, else stored and committed by one storage call.
+    async fn finish_small(
+        &self,
+        repo: &RepositoryName,
+        upload: &UploadRecord,
+        digest: &Digest,
+        data: Vec<Bytes>,
+    ) -> Result<u64> {
+        let mut hasher = digest.algorithm().hasher();
+        for chunk in &data {
+            hasher.update(chunk);
+        }
+        let actual = hasher.finish();
+        let at = UploadPosition::default();
+        if &actual != digest {
+            self.discard_upload(&upload.id, &at).await;
+            return Err(digest_mismatch(digest, &actual));
+        }
+        let size: u64 = data.iter().map(|c| c.len() as u64).sum();
+        let key = self.inner.store.put_blob(&upload.id, data, digest).await?;
+        let mut upload = upload.clone();
+        upload.size = size;
+        self.record_commit(repo, &upload, digest, key, &at, 0).await
+    }
+
+    /// The metadata half of a commit, once `key` holds the verified blob: records it (ending
+    /// the session by compare-and-set against `recorded_size`), or undoes the storage side
+    /// when the commit is refused.
+    async fn record_commit(
+        &self,
+        repo: &RepositoryName,
+        upload: &UploadRecord,
+        digest: &Digest,
+        key: String,
+        at: &UploadPosition,
+        recorded_size: u64,
+    ) -> Result<u64> {
         let outcome = self
             .inner
             .meta
@@ -285,7 +377,7 @@ impl Registry {
                 if let Err(e) = self.inner.store.delete_blob(&key).await {
                     tracing::warn!(%key, error = %e, "could not remove a blob refused by quota");
                 }
-                self.discard_upload(&upload.id, &at).await;
+                self.discard_upload(&upload.id, at).await;
                 return Err(self.quota_refused(repo, &exceeded));
             }
             CommitOutcome::UploadChanged => {

@@ -40,6 +40,7 @@ async fn assert_upload_holds(store: &dyn BlobStore, id: &str, at: &UploadPositio
 pub async fn run_all(store: &dyn BlobStore) {
     upload_commit_read(store).await;
     large_blob_reads(store).await;
+    whole_blobs_put_at_once(store).await;
     resume_discards_unrecorded_tail(store).await;
     abort_and_missing(store).await;
     listing_pages_in_key_order(store).await;
@@ -205,6 +206,41 @@ async fn large_blob_reads(store: &dyn BlobStore) {
             got.len()
         );
     }
+    store.delete_blob(&key).await.unwrap();
+}
+
+/// `put_blob`: a blob held in memory (several chunks, or none) stored and committed at once.
+async fn whole_blobs_put_at_once(store: &dyn BlobStore) {
+    let data = b"configs are small";
+    let digest = Algorithm::Sha256.digest_of(data);
+    store.create_upload("suite-put-1").await.unwrap();
+    let parts = vec![
+        Bytes::from_static(b"configs "),
+        Bytes::from_static(b"are small"),
+    ];
+    let key = store.put_blob("suite-put-1", parts, &digest).await.unwrap();
+    assert_eq!(
+        collect(store.read_blob(&key, None).await.unwrap()).await,
+        data
+    );
+    assert_eq!(
+        store.blob_size(&key).await.unwrap(),
+        Some(data.len() as u64)
+    );
+    store.delete_blob(&key).await.unwrap();
+
+    let empty = Algorithm::Sha256.digest_of(b"");
+    store.create_upload("suite-put-2").await.unwrap();
+    let key = store
+        .put_blob("suite-put-2", Vec::new(), &empty)
+        .await
+        .unwrap();
+    assert_eq!(store.blob_size(&key).await.unwrap(), Some(0));
+    assert!(
+        collect(store.read_blob(&key, None).await.unwrap())
+            .await
+            .is_empty()
+    );
     store.delete_blob(&key).await.unwrap();
 }
 

@@ -22,6 +22,7 @@ use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use kura_oci::Digest;
 use tokio::fs;
@@ -70,6 +71,14 @@ impl FsBlobStore {
                 durability == Durability::Strict,
             )),
         })
+    }
+
+    /// An upload's data file, the key its blob gets and that key's path.
+    fn commit_paths(&self, upload_id: &str) -> Result<(PathBuf, String, PathBuf)> {
+        let src = self.upload_path(upload_id)?;
+        let key = Self::key_for(upload_id);
+        let dst = self.blob_path(&key)?;
+        Ok((src, key, dst))
     }
 
     /// The storage key of an upload's blob: `up/<first two chars>/<upload id>`.
@@ -205,6 +214,33 @@ impl UploadWriter {
         }
         Ok(())
     }
+}
+
+/// The second half of a commit: makes `file` (the upload's data at `src`) durable, renames it
+/// to `dst` (making the shard directory if needed) and makes the rename durable.
+fn publish(
+    file: std::fs::File,
+    src: &Path,
+    dst: &Path,
+    uploads_dir: &Path,
+    strict: bool,
+) -> Result<()> {
+    if strict {
+        file.sync_all()?;
+    }
+    drop(file);
+    let dir = dst.parent().expect("blob path has a parent");
+    let created = ensure_dir(dir)?;
+    std::fs::rename(src, dst)?;
+    if strict {
+        // A directory made just now is durable only once its parents' entries are.
+        for made in created {
+            std::fs::File::open(made.parent().expect("below the root"))?.sync_all()?;
+        }
+        std::fs::File::open(dir)?.sync_all()?;
+        std::fs::File::open(uploads_dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Creates `dir` and any missing parents; returns the directories it made, outermost first.
@@ -542,9 +578,7 @@ impl BlobStore for FsBlobStore {
         at: &UploadPosition,
         _digest: &Digest,
     ) -> Result<String> {
-        let src = self.upload_path(upload_id)?;
-        let key = Self::key_for(upload_id);
-        let dst = self.blob_path(&key)?;
+        let (src, key, dst) = self.commit_paths(upload_id)?;
         let uploads_dir = self.root.join("uploads");
         let strict = self.durability == Durability::Strict;
         let size = at.size;
@@ -569,22 +603,31 @@ impl BlobStore for FsBlobStore {
             if on_disk > size {
                 file.set_len(size)?;
             }
-            if strict {
-                file.sync_all()?;
+            publish(file, &src, &dst, &uploads_dir, strict)
+        })
+        .await
+        .map_err(join_error)??;
+        Ok(key)
+    }
+
+    async fn put_blob(
+        &self,
+        upload_id: &str,
+        data: Vec<Bytes>,
+        _digest: &Digest,
+    ) -> Result<String> {
+        let (src, key, dst) = self.commit_paths(upload_id)?;
+        let uploads_dir = self.root.join("uploads");
+        let strict = self.durability == Durability::Strict;
+        // Write, sync and rename in one blocking call: a small push's time goes to hand-offs.
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            use std::io::Write;
+            // Created afresh: whatever an earlier, interrupted attempt left is replaced.
+            let mut file = std::fs::File::create(&src)?;
+            for chunk in &data {
+                file.write_all(chunk)?;
             }
-            drop(file);
-            let dir = dst.parent().expect("blob path has a parent");
-            let created = ensure_dir(dir)?;
-            std::fs::rename(&src, &dst)?;
-            if strict {
-                // A directory made just now is durable only once its parents' entries are.
-                for made in created {
-                    std::fs::File::open(made.parent().expect("below the root"))?.sync_all()?;
-                }
-                std::fs::File::open(dir)?.sync_all()?;
-                std::fs::File::open(&uploads_dir)?.sync_all()?;
-            }
-            Ok(())
+            publish(file, &src, &dst, &uploads_dir, strict)
         })
         .await
         .map_err(join_error)??;

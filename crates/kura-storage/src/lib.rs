@@ -171,6 +171,19 @@ pub trait BlobStore: Send + Sync + 'static {
         digest: &Digest,
     ) -> Result<String>;
 
+    /// Stores a whole blob the caller holds in memory (a small body, already verified against
+    /// `digest`) as the content of the fresh upload `upload_id`, and commits it: the same as
+    /// `append_upload` from position zero followed by `commit_upload`, which is what the
+    /// default does. Backends that can do it in one step (the filesystem: one blocking call
+    /// instead of two) override it.
+    async fn put_blob(&self, upload_id: &str, data: Vec<Bytes>, digest: &Digest) -> Result<String> {
+        let mut source = futures_util::stream::iter(data.into_iter().map(Ok));
+        let at = self
+            .append_upload(upload_id, &UploadPosition::default(), &mut source)
+            .await?;
+        self.commit_upload(upload_id, &at, digest).await
+    }
+
     /// Discards an upload's bytes. Unknown uploads are not an error.
     async fn abort_upload(&self, upload_id: &str, at: &UploadPosition) -> Result<()>;
 
