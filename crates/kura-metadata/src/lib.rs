@@ -10,6 +10,7 @@
 pub mod sql;
 pub mod lifecycle;
 pub mod ops;
+mod sqlite_conns;
 mod wal_sync;
 
 use async_trait::async_trait;

@@ -14,6 +14,7 @@
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use sqlx::Connection as _;
 
 use crate::sql::{Pools, SqlStore};
 use crate::{Result, now_ms};
@@ -573,7 +574,7 @@ impl LifecycleStore for SqlStore {
             .bind(repository_id)
             .bind(tag)
             .bind(i64::from(limit))
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await?
         });
         Ok(rows
@@ -750,7 +751,7 @@ impl LifecycleStore for SqlStore {
             )
             .bind(repository_id)
             .bind(digest)
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await?
         });
         let tags: Vec<String> = with_read!(self, |p| {
@@ -759,7 +760,7 @@ impl LifecycleStore for SqlStore {
             )
             .bind(repository_id)
             .bind(digest)
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await?
         });
         Ok((parents, tags))
@@ -769,7 +770,7 @@ impl LifecycleStore for SqlStore {
         let limit: Option<Option<i64>> = with_read!(self, |p| {
             sqlx::query_scalar("SELECT storage_limit FROM projects WHERE name = $1")
                 .bind(project)
-                .fetch_optional(p)
+                .fetch_optional(&mut *p)
                 .await?
         });
         Ok(limit.flatten().map(|l| l.max(0) as u64))
@@ -780,7 +781,7 @@ impl LifecycleStore for SqlStore {
             sqlx::query_scalar("SELECT 1 FROM project_blobs WHERE project = $1 AND digest = $2")
                 .bind(project)
                 .bind(digest)
-                .fetch_optional(p)
+                .fetch_optional(&mut *p)
                 .await?
         });
         Ok(found.is_some())
@@ -791,7 +792,7 @@ impl LifecycleStore for SqlStore {
             let n = sqlx::query("UPDATE projects SET storage_limit = $2 WHERE name = $1")
                 .bind(project)
                 .bind(limit.map(|l| l.min(i64::MAX as u64) as i64))
-                .execute(p)
+                .execute(&mut *p)
                 .await?
                 .rows_affected();
             Ok(n > 0)
@@ -802,13 +803,13 @@ impl LifecycleStore for SqlStore {
         let usage: Option<(i64, i64)> = with_read!(self, |p| {
             sqlx::query_as("SELECT bytes, blobs FROM project_usage WHERE project = $1")
                 .bind(project)
-                .fetch_optional(p)
+                .fetch_optional(&mut *p)
                 .await?
         });
         let limit: Option<Option<i64>> = with_read!(self, |p| {
             sqlx::query_scalar("SELECT storage_limit FROM projects WHERE name = $1")
                 .bind(project)
-                .fetch_optional(p)
+                .fetch_optional(&mut *p)
                 .await?
         });
         let (bytes, blobs) = usage.unwrap_or((0, 0));
@@ -828,7 +829,7 @@ impl LifecycleStore for SqlStore {
                   JOIN repositories r ON r.id = rb.repository_id WHERE r.project = $1)",
             )
             .bind(project)
-            .fetch_one(p)
+            .fetch_one(&mut *p)
             .await?
         });
         Ok((row.0.unwrap_or(0).max(0) as u64, row.1.max(0) as u64))
@@ -841,7 +842,7 @@ impl LifecycleStore for SqlStore {
                  WHERE project = $1 ORDER BY id",
             )
             .bind(project)
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await?
         });
         Ok(rows
@@ -870,7 +871,7 @@ impl LifecycleStore for SqlStore {
             .bind(repositories)
             .bind(tags)
             .bind(now_ms())
-            .fetch_one(p)
+            .fetch_one(&mut *p)
             .await?)
         })
     }
@@ -880,7 +881,7 @@ impl LifecycleStore for SqlStore {
             let n = sqlx::query("DELETE FROM immutability_rules WHERE project = $1 AND id = $2")
                 .bind(project)
                 .bind(id)
-                .execute(p)
+                .execute(&mut *p)
                 .await?
                 .rows_affected();
             Ok(n > 0)
@@ -894,7 +895,7 @@ impl LifecycleStore for SqlStore {
                  WHERE project = $1",
             )
             .bind(project)
-            .fetch_optional(p)
+            .fetch_optional(&mut *p)
             .await?
         });
         Ok(row.map(|r| RetentionPolicyRecord {
@@ -922,7 +923,7 @@ impl LifecycleStore for SqlStore {
             .bind(policy)
             .bind(schedule)
             .bind(now_ms())
-            .execute(p)
+            .execute(&mut *p)
             .await?;
         });
         Ok(())
@@ -932,7 +933,7 @@ impl LifecycleStore for SqlStore {
         with_write!(self, |p| {
             let n = sqlx::query("DELETE FROM retention_policies WHERE project = $1")
                 .bind(project)
-                .execute(p)
+                .execute(&mut *p)
                 .await?
                 .rows_affected();
             Ok(n > 0)
@@ -945,7 +946,7 @@ impl LifecycleStore for SqlStore {
                 "SELECT project, policy, schedule, updated_at FROM retention_policies \
                  WHERE schedule IS NOT NULL ORDER BY project",
             )
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await?
         });
         Ok(rows
@@ -969,13 +970,13 @@ impl LifecycleStore for SqlStore {
                  FROM manifests m WHERE m.repository_id = $1 ORDER BY m.created_at DESC, m.digest",
             )
             .bind(repository_id)
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await?
         });
         let tags: Vec<(String, String)> = with_read!(self, |p| {
             sqlx::query_as("SELECT digest, name FROM tags WHERE repository_id = $1 ORDER BY name")
                 .bind(repository_id)
-                .fetch_all(p)
+                .fetch_all(&mut *p)
                 .await?
         });
         let mut by_digest: std::collections::HashMap<String, Vec<String>> = Default::default();
@@ -1002,7 +1003,7 @@ impl LifecycleStore for SqlStore {
                     "SELECT id, name FROM repositories WHERE project = $1 ORDER BY name",
                 )
                 .bind(project)
-                .fetch_all(p)
+                .fetch_all(&mut *p)
                 .await?,
             )
         })
@@ -1033,7 +1034,7 @@ impl LifecycleStore for SqlStore {
             .bind(phase)
             .bind(result)
             .bind(now)
-            .fetch_one(p)
+            .fetch_one(&mut *p)
             .await?)
         })
     }
@@ -1043,7 +1044,7 @@ impl LifecycleStore for SqlStore {
         let row: Option<RunRow> = with_read!(self, |p| {
             sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(id)
-                .fetch_optional(p)
+                .fetch_optional(&mut *p)
                 .await?
         });
         Ok(row.map(run_from_row))
@@ -1064,7 +1065,7 @@ impl LifecycleStore for SqlStore {
                 .bind(kind)
                 .bind(project)
                 .bind(i64::from(limit))
-                .fetch_all(p)
+                .fetch_all(&mut *p)
                 .await?
         });
         Ok(rows.into_iter().map(run_from_row).collect())
@@ -1080,7 +1081,7 @@ impl LifecycleStore for SqlStore {
             sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(kind)
                 .bind(project)
-                .fetch_optional(p)
+                .fetch_optional(&mut *p)
                 .await?
         });
         Ok(row.map(run_from_row))
@@ -1095,7 +1096,7 @@ impl LifecycleStore for SqlStore {
             .bind(id)
             .bind(seen_heartbeat)
             .bind(now_ms().max(seen_heartbeat + 1))
-            .execute(p)
+            .execute(&mut *p)
             .await?
             .rows_affected();
             Ok(n == 1)
@@ -1129,7 +1130,7 @@ impl LifecycleStore for SqlStore {
             .bind(result)
             .bind(error)
             .bind(now)
-            .execute(p)
+            .execute(&mut *p)
             .await?;
         });
         Ok(())
@@ -1179,7 +1180,7 @@ impl LifecycleStore for SqlStore {
             Ok(
                 sqlx::query_scalar("SELECT name FROM repositories WHERE id = $1")
                     .bind(id)
-                    .fetch_optional(p)
+                    .fetch_optional(&mut *p)
                     .await?,
             )
         })
@@ -1315,7 +1316,7 @@ impl LifecycleStore for SqlStore {
                 "SELECT storage_key, size FROM pending_blob_deletions ORDER BY storage_key LIMIT $1",
             )
             .bind(i64::from(limit))
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await?
         });
         Ok(rows
@@ -1336,7 +1337,7 @@ impl LifecycleStore for SqlStore {
         with_write!(self, |p| {
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(&list)
-                .execute(p)
+                .execute(&mut *p)
                 .await?;
         });
         Ok(())
@@ -1362,13 +1363,13 @@ impl LifecycleStore for SqlStore {
         let live_uploads: Vec<String> = with_write!(self, |p| {
             sqlx::query_scalar(sqlx::AssertSqlSafe(uploads_sql))
                 .bind(&id_list)
-                .fetch_all(p)
+                .fetch_all(&mut *p)
                 .await?
         });
         let known: Vec<String> = with_write!(self, |p| {
             sqlx::query_scalar(sqlx::AssertSqlSafe(known_sql))
                 .bind(&list)
-                .fetch_all(p)
+                .fetch_all(&mut *p)
                 .await?
         });
         let known: std::collections::HashSet<String> = known.into_iter().collect();
@@ -1392,7 +1393,7 @@ impl LifecycleStore for SqlStore {
                  (SELECT COUNT(*) FROM deleted_manifests), \
                  (SELECT COUNT(*) FROM pending_blob_deletions)",
             )
-            .fetch_one(p)
+            .fetch_one(&mut *p)
             .await?
         });
         let u = |v: i64| v.max(0) as u64;
@@ -1418,7 +1419,7 @@ impl LifecycleStore for SqlStore {
                  (SELECT storage_limit FROM projects pr WHERE pr.name = u.project) \
                  FROM project_usage u WHERE u.blobs > 0 ORDER BY u.project",
             )
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await?
         });
         let u = |v: i64| v.max(0) as u64;
@@ -1447,7 +1448,7 @@ impl LifecycleStore for SqlStore {
                  FROM repositories r WHERE r.project = $1 ORDER BY r.name",
             )
             .bind(project)
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await?
         });
         let u = |v: i64| v.max(0) as u64;
@@ -1469,7 +1470,7 @@ impl LifecycleStore for SqlStore {
             Ok(
                 sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
                     .bind(key)
-                    .fetch_optional(p)
+                    .fetch_optional(&mut *p)
                     .await?,
             )
         })
@@ -1488,7 +1489,7 @@ impl LifecycleStore for SqlStore {
                         .bind(key)
                         .bind(old)
                         .bind(value)
-                        .execute(p)
+                        .execute(&mut *p)
                         .await?
                         .rows_affected()
                 }
@@ -1498,7 +1499,7 @@ impl LifecycleStore for SqlStore {
                 )
                 .bind(key)
                 .bind(value)
-                .execute(p)
+                .execute(&mut *p)
                 .await?
                 .rows_affected(),
             };

@@ -11,6 +11,7 @@
 use async_trait::async_trait;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
+use sqlx::Connection as _;
 
 use crate::sql::{Pools, SqlStore};
 use crate::{Result, now_ms};
@@ -436,7 +437,7 @@ impl OpsStore for SqlStore {
             bind_filter!(sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())), filter)
                 .bind(before)
                 .bind(i64::from(limit))
-                .fetch_all(p)
+                .fetch_all(&mut *p)
                 .await?
         });
         Ok(rows.into_iter().map(audit_from_row).collect())
@@ -456,7 +457,7 @@ impl OpsStore for SqlStore {
             bind_filter!(sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())), filter)
                 .bind(after)
                 .bind(i64::from(limit))
-                .fetch_all(p)
+                .fetch_all(&mut *p)
                 .await?
         });
         Ok(rows.into_iter().map(audit_from_row).collect())
@@ -468,7 +469,7 @@ impl OpsStore for SqlStore {
                 sqlx::query_as(
                     "SELECT seq, hash, purged_seq, purged_hash FROM audit_head WHERE id = 1",
                 )
-                .fetch_one(p)
+                .fetch_one(&mut *p)
                 .await?
             });
         Ok(AuditHead {
@@ -519,7 +520,7 @@ impl OpsStore for SqlStore {
         let rows: Vec<PolicyRow> = with_read!(self, |p| {
             sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(project)
-                .fetch_all(p)
+                .fetch_all(&mut *p)
                 .await?
         });
         Ok(rows.into_iter().map(policy_from_row).collect())
@@ -531,7 +532,7 @@ impl OpsStore for SqlStore {
             sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(project)
                 .bind(id)
-                .fetch_optional(p)
+                .fetch_optional(&mut *p)
                 .await?
         });
         Ok(row.map(policy_from_row))
@@ -547,7 +548,7 @@ impl OpsStore for SqlStore {
             let Some(pid): Option<i64> =
                 sqlx::query_scalar("SELECT id FROM projects WHERE name = $1")
                     .bind(project)
-                    .fetch_optional(p)
+                    .fetch_optional(&mut *p)
                     .await?
             else {
                 return Ok(Err(WebhookConflict::ProjectMissing));
@@ -565,7 +566,7 @@ impl OpsStore for SqlStore {
             .bind(&events)
             .bind(spec.enabled)
             .bind(now)
-            .fetch_optional(p)
+            .fetch_optional(&mut *p)
             .await?;
             Ok(id.ok_or(WebhookConflict::NameTaken))
         })
@@ -585,7 +586,7 @@ impl OpsStore for SqlStore {
             )
             .bind(project)
             .bind(id)
-            .fetch_optional(p)
+            .fetch_optional(&mut *p)
             .await?;
             if exists.is_none() {
                 return Ok(Ok(false));
@@ -597,7 +598,7 @@ impl OpsStore for SqlStore {
             .bind(project)
             .bind(&spec.name)
             .bind(id)
-            .fetch_optional(p)
+            .fetch_optional(&mut *p)
             .await?;
             if taken.is_some() {
                 return Ok(Err(WebhookConflict::NameTaken));
@@ -616,7 +617,7 @@ impl OpsStore for SqlStore {
             .bind(&events)
             .bind(spec.enabled)
             .bind(now_ms())
-            .execute(p)
+            .execute(&mut *p)
             .await?
             .rows_affected();
             Ok(Ok(n > 0))
@@ -631,7 +632,7 @@ impl OpsStore for SqlStore {
             )
             .bind(project)
             .bind(id)
-            .execute(p)
+            .execute(&mut *p)
             .await?
             .rows_affected();
             Ok(n > 0)
@@ -796,7 +797,7 @@ impl OpsStore for SqlStore {
             .bind(policy_id)
             .bind(before)
             .bind(i64::from(limit))
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await?;
             let (lo, hi) = match (rows.last(), rows.first()) {
                 (Some(l), Some(h)) => (l.0, h.0),
@@ -811,7 +812,7 @@ impl OpsStore for SqlStore {
             .bind(policy_id)
             .bind(lo)
             .bind(hi)
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await?;
             (rows, attempts)
         });
@@ -849,7 +850,7 @@ impl OpsStore for SqlStore {
                 "DELETE FROM webhook_deliveries WHERE status <> 'pending' AND finished_at < $1",
             )
             .bind(before_ms)
-            .execute(p)
+            .execute(&mut *p)
             .await?
             .rows_affected();
             Ok(n)
@@ -866,7 +867,18 @@ impl OpsStore for SqlStore {
             }
         }
         match &self.pools {
-            Pools::Sqlite { read, write, .. } => vec![stats("read", read), stats("write", write)],
+            Pools::Sqlite { read, write, .. } => {
+                let sqlite = |name, set: &crate::sqlite_conns::SqliteConns| {
+                    let (size, idle, max) = set.stats();
+                    PoolStats {
+                        pool: name,
+                        size,
+                        idle,
+                        max,
+                    }
+                };
+                vec![sqlite("read", read), sqlite("write", write)]
+            }
             Pools::Postgres(pg) => vec![stats("main", pg)],
         }
     }
@@ -874,7 +886,7 @@ impl OpsStore for SqlStore {
     async fn uploads_in_progress(&self) -> Result<u64> {
         let n: i64 = with_read!(self, |p| {
             sqlx::query_scalar("SELECT COUNT(*) FROM uploads")
-                .fetch_one(p)
+                .fetch_one(&mut *p)
                 .await?
         });
         Ok(n.max(0) as u64)
@@ -883,7 +895,7 @@ impl OpsStore for SqlStore {
     async fn usage_per_project(&self) -> Result<Vec<(String, u64)>> {
         let rows: Vec<(String, i64)> = with_read!(self, |p| {
             sqlx::query_as("SELECT project, bytes FROM project_usage ORDER BY project")
-                .fetch_all(p)
+                .fetch_all(&mut *p)
                 .await?
         });
         Ok(rows

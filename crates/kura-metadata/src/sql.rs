@@ -1,23 +1,25 @@
 //! [`MetadataStore`] over SQL: SQLite (embedded default) and PostgreSQL, one set of queries.
 //!
 //! Queries are written once in SQL both engines accept (`$n` placeholders, `ON CONFLICT`,
-//! `RETURNING`) and expanded per backend by the [`with_pool!`] macro, which keeps native driver
-//! types and per-backend connection options. DDL differs slightly, so each backend has its own
-//! migration files; both are embedded in the binary and applied at start.
+//! `RETURNING`) and expanded per backend by the [`with_read!`]/[`with_write!`] macros, which
+//! keep native driver types and per-backend connection options. DDL differs slightly, so each
+//! backend has its own migration files; both are embedded in the binary and applied at start.
 //!
-//! SQLite gets a dedicated single-connection write pool: writes are serialized in-process, so a
+//! SQLite gets a dedicated single write connection: writes are serialized in-process, so a
 //! transaction never fails on SQLite's lock upgrade, while reads run in parallel under WAL.
+//! Its connections are held by [`crate::sqlite_conns`], not by sqlx's pool (which pings each
+//! connection it hands out and takes back: a thread round trip each time on SQLite).
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 
+use crate::sqlite_conns::SqliteConns;
 use crate::wal_sync::WalSync;
 use crate::{
     AccessStore, ArtifactRecord, BlobRecord, CommitOutcome, DeleteManifestOutcome, DeletedManifest,
@@ -70,48 +72,58 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
 /// Key of the PostgreSQL advisory lock that serializes migrations across replicas.
 const MIGRATION_LOCK_KEY: i64 = 0x6b75_7261_6d69_6772; // "kuramigr"
 
+// One value per store, built once: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Pools {
     Sqlite {
-        read: SqlitePool,
-        write: SqlitePool,
+        read: SqliteConns,
+        write: SqliteConns,
         /// Strict durability: group commit of the write-ahead log (see [`crate::wal_sync`]).
         wal: Option<Arc<WalSync>>,
     },
     Postgres(PgPool),
 }
 
-/// Runs `$body` with `$p` bound to the pool for reads.
+/// Runs `$body` with `$p` bound to a connection (`&mut`) for reads: on SQLite one of the
+/// read-only connections, on PostgreSQL one from the pool, held for the whole body.
 macro_rules! with_read {
     ($self:expr, |$p:ident| $body:expr) => {
         match &$self.pools {
             Pools::Sqlite { read, .. } => {
-                let $p = read;
+                let mut conn = read.get().await?;
+                let $p: &mut sqlx::SqliteConnection = &mut conn;
                 $body
             }
             Pools::Postgres(pg) => {
-                let $p = pg;
+                let mut conn = pg.acquire().await?;
+                let $p: &mut sqlx::PgConnection = &mut conn;
                 $body
             }
         }
     };
 }
 
-/// Runs `$body` with `$p` bound to the pool for writes. On SQLite with strict durability, what
-/// the body committed is synced before its value is handed back, so a body must not `return`
-/// early once it has committed something (early returns are for rollbacks and errors).
+/// Runs `$body` with `$p` bound to a connection (`&mut`) for writes: on SQLite the single
+/// write connection, held for the whole body. With strict durability, what the body committed
+/// is synced before its value is handed back, so a body must not `return` early once it has
+/// committed something (early returns are for rollbacks and errors).
 macro_rules! with_write {
     ($self:expr, |$p:ident| $body:expr) => {
         match &$self.pools {
             Pools::Sqlite { write, wal, .. } => {
-                let $p = write;
-                let out = $body;
+                let out = {
+                    let mut conn = write.get().await?;
+                    let $p: &mut sqlx::SqliteConnection = &mut conn;
+                    $body
+                };
                 if let Some(wal) = wal {
                     wal.barrier().await?;
                 }
                 out
             }
             Pools::Postgres(pg) => {
-                let $p = pg;
+                let mut conn = pg.acquire().await?;
+                let $p: &mut sqlx::PgConnection = &mut conn;
                 $body
             }
         }
@@ -125,11 +137,13 @@ macro_rules! with_write_unsynced {
     ($self:expr, |$p:ident| $body:expr) => {
         match &$self.pools {
             Pools::Sqlite { write, .. } => {
-                let $p = write;
+                let mut conn = write.get().await?;
+                let $p: &mut sqlx::SqliteConnection = &mut conn;
                 $body
             }
             Pools::Postgres(pg) => {
-                let $p = pg;
+                let mut conn = pg.acquire().await?;
+                let $p: &mut sqlx::PgConnection = &mut conn;
                 $body
             }
         }
@@ -338,14 +352,8 @@ impl SqlStore {
             let in_memory = base.get_filename().as_os_str() == ":memory:";
             let wal =
                 (options.durable_commits && !in_memory).then(|| WalSync::new(base.get_filename()));
-            let write = SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect_with(base.clone())
-                .await?;
-            let read = SqlitePoolOptions::new()
-                .max_connections(options.max_connections.max(1))
-                .connect_with(base.read_only(true))
-                .await?;
+            let write = SqliteConns::open(base.clone(), 1).await?;
+            let read = SqliteConns::open(base.read_only(true), options.max_connections).await?;
             Pools::Sqlite { read, write, wal }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = PgConnectOptions::from_str(url)?;
@@ -402,7 +410,7 @@ impl SqlStore {
                 .bind(&u.backend_state)
                 .bind(u.created_at)
                 .bind(u.updated_at)
-                .fetch_optional(p)
+                .fetch_optional(&mut *p)
                 .await?)
         })
     }
@@ -410,7 +418,7 @@ impl SqlStore {
     async fn migrate(&self) -> Result<()> {
         match &self.pools {
             Pools::Sqlite { write, .. } => {
-                let mut conn = write.acquire().await?;
+                let mut conn = write.get().await?;
                 sqlx::raw_sql(
                     "CREATE TABLE IF NOT EXISTS schema_migrations \
                      (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
@@ -531,7 +539,7 @@ impl AccessStore for SqlStore {
     async fn user_count(&self) -> Result<i64> {
         with_read!(self, |p| {
             Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
-                .fetch_one(p)
+                .fetch_one(&mut *p)
                 .await?)
         })
     }
@@ -555,7 +563,7 @@ impl AccessStore for SqlStore {
             .bind(email)
             .bind(is_admin)
             .bind(now)
-            .fetch_optional(p)
+            .fetch_optional(&mut *p)
             .await?)
         })
     }
@@ -565,7 +573,7 @@ impl AccessStore for SqlStore {
         let row: Option<UserRow> = with_read!(self, |p| {
             sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(username)
-                .fetch_optional(p)
+                .fetch_optional(&mut *p)
                 .await?
         });
         Ok(row.map(user_from_row))
@@ -576,7 +584,7 @@ impl AccessStore for SqlStore {
         let row: Option<UserRow> = with_read!(self, |p| {
             sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(id)
-                .fetch_optional(p)
+                .fetch_optional(&mut *p)
                 .await?
         });
         Ok(row.map(user_from_row))
@@ -590,7 +598,7 @@ impl AccessStore for SqlStore {
             sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(last.unwrap_or(""))
                 .bind(i64::from(limit))
-                .fetch_all(p)
+                .fetch_all(&mut *p)
                 .await?
         });
         Ok(rows.into_iter().map(user_from_row).collect())
@@ -614,7 +622,7 @@ impl AccessStore for SqlStore {
             .bind(is_admin)
             .bind(disabled)
             .bind(now_ms())
-            .execute(p)
+            .execute(&mut *p)
             .await?;
             Ok(res.rows_affected() > 0)
         })
@@ -624,7 +632,7 @@ impl AccessStore for SqlStore {
         with_write!(self, |p| {
             let res = sqlx::query("DELETE FROM users WHERE id = $1")
                 .bind(id)
-                .execute(p)
+                .execute(&mut *p)
                 .await?;
             Ok(res.rows_affected() > 0)
         })
@@ -639,7 +647,7 @@ impl AccessStore for SqlStore {
             .bind(name)
             .bind(public)
             .bind(now_ms())
-            .fetch_optional(p)
+            .fetch_optional(&mut *p)
             .await?)
         })
     }
@@ -648,7 +656,7 @@ impl AccessStore for SqlStore {
         let row: Option<(i64, String, bool, i64)> = with_read!(self, |p| {
             sqlx::query_as("SELECT id, name, public, created_at FROM projects WHERE name = $1")
                 .bind(name)
-                .fetch_optional(p)
+                .fetch_optional(&mut *p)
                 .await?
         });
         Ok(row.map(project_from_row))
@@ -672,7 +680,7 @@ impl AccessStore for SqlStore {
             .bind(i64::from(limit))
             .bind(filtered)
             .bind(user_id)
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await?
         });
         Ok(rows.into_iter().map(project_from_row).collect())
@@ -683,7 +691,7 @@ impl AccessStore for SqlStore {
             let res = sqlx::query("UPDATE projects SET public = $2 WHERE name = $1")
                 .bind(name)
                 .bind(public)
-                .execute(p)
+                .execute(&mut *p)
                 .await?;
             Ok(res.rows_affected() > 0)
         })
@@ -693,7 +701,7 @@ impl AccessStore for SqlStore {
         with_write!(self, |p| {
             let res = sqlx::query("DELETE FROM projects WHERE name = $1")
                 .bind(name)
-                .execute(p)
+                .execute(&mut *p)
                 .await?;
             Ok(res.rows_affected() > 0)
         })
@@ -707,7 +715,7 @@ impl AccessStore for SqlStore {
                    OR EXISTS (SELECT 1 FROM repository_blobs b WHERE b.repository_id = r.id))",
             )
             .bind(name)
-            .fetch_one(p)
+            .fetch_one(&mut *p)
             .await?)
         })
     }
@@ -730,7 +738,7 @@ impl AccessStore for SqlStore {
             .bind(role)
             .bind(repositories)
             .bind(now_ms())
-            .execute(p)
+            .execute(&mut *p)
             .await?;
         });
         Ok(())
@@ -742,7 +750,7 @@ impl AccessStore for SqlStore {
                 sqlx::query("DELETE FROM project_members WHERE project_id = $1 AND user_id = $2")
                     .bind(project_id)
                     .bind(user_id)
-                    .execute(p)
+                    .execute(&mut *p)
                     .await?;
             Ok(res.rows_affected() > 0)
         })
@@ -756,7 +764,7 @@ impl AccessStore for SqlStore {
                  ORDER BY u.username",
             )
             .bind(project_id)
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await?
         });
         Ok(rows
@@ -778,7 +786,7 @@ impl AccessStore for SqlStore {
             )
             .bind(project_id)
             .bind(user_id)
-            .fetch_optional(p)
+            .fetch_optional(&mut *p)
             .await?)
         })
     }
@@ -848,7 +856,7 @@ impl AccessStore for SqlStore {
             .bind(id)
             .bind(secret_hash)
             .bind(disabled)
-            .execute(p)
+            .execute(&mut *p)
             .await?;
             Ok(res.rows_affected() > 0)
         })
@@ -858,7 +866,7 @@ impl AccessStore for SqlStore {
         with_write!(self, |p| {
             let res = sqlx::query("DELETE FROM robots WHERE id = $1")
                 .bind(id)
-                .execute(p)
+                .execute(&mut *p)
                 .await?;
             Ok(res.rows_affected() > 0)
         })
@@ -869,7 +877,7 @@ impl AccessStore for SqlStore {
             Ok(
                 sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
                     .bind(key)
-                    .fetch_optional(p)
+                    .fetch_optional(&mut *p)
                     .await?,
             )
         })
@@ -883,7 +891,7 @@ impl AccessStore for SqlStore {
             )
             .bind(key)
             .bind(value)
-            .execute(p)
+            .execute(&mut *p)
             .await?;
         });
         Ok(())
@@ -894,12 +902,12 @@ impl AccessStore for SqlStore {
             sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                 .bind(key)
                 .bind(value)
-                .execute(p)
+                .execute(&mut *p)
                 .await?;
             Ok(
                 sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
                     .bind(key)
-                    .fetch_one(p)
+                    .fetch_one(&mut *p)
                     .await?,
             )
         })
@@ -934,7 +942,7 @@ impl SqlStore {
             )
             .bind(name)
             .bind(project_id)
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await?
         });
         let mut out = Vec::with_capacity(rows.len());
@@ -946,7 +954,7 @@ impl SqlStore {
                      ORDER BY pr.name, rp.repositories",
                 )
                 .bind(r.0)
-                .fetch_all(p)
+                .fetch_all(&mut *p)
                 .await?
             });
             out.push(RobotRecord {
@@ -992,7 +1000,7 @@ fn upload_from_row(r: UploadRow) -> UploadRecord {
 /// whole transaction, and every small push makes one. The batch writes first and returns what
 /// the checks need as `(what, number)` rows; a failed check rolls everything back.
 async fn commit_blob_batched(
-    write: &SqlitePool,
+    write: &mut SqliteConnection,
     repository_id: i64,
     digest: &str,
     size: u64,
@@ -1090,7 +1098,7 @@ fn distinct(v: &[String]) -> Vec<&str> {
 /// so the statement text is the same for every manifest and stays prepared: one text per
 /// reference count kept a prepared statement for each count seen.
 async fn put_manifest_batched(
-    write: &SqlitePool,
+    write: &mut SqliteConnection,
     m: &NewManifest,
     blobs: &[&str],
     manifests: &[&str],
@@ -1225,7 +1233,7 @@ impl MetadataStore for SqlStore {
     async fn ping(&self) -> Result<()> {
         with_read!(self, |p| {
             sqlx::query_scalar::<_, i32>("SELECT 1")
-                .fetch_one(p)
+                .fetch_one(&mut *p)
                 .await?;
         });
         Ok(())
@@ -1243,12 +1251,12 @@ impl MetadataStore for SqlStore {
             .bind(name)
             .bind(project_of(name))
             .bind(now_ms())
-            .execute(p)
+            .execute(&mut *p)
             .await?;
             Ok(
                 sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
                     .bind(name)
-                    .fetch_one(p)
+                    .fetch_one(&mut *p)
                     .await?,
             )
         })
@@ -1259,7 +1267,7 @@ impl MetadataStore for SqlStore {
             Ok(
                 sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
                     .bind(name)
-                    .fetch_optional(p)
+                    .fetch_optional(&mut *p)
                     .await?,
             )
         })
@@ -1289,7 +1297,7 @@ impl MetadataStore for SqlStore {
             .bind(i64::from(limit))
             .bind(filtered)
             .bind(user_id)
-            .fetch_one(p)
+            .fetch_one(&mut *p)
             .await?
         });
         Ok(split_names(joined))
@@ -1328,7 +1336,7 @@ impl MetadataStore for SqlStore {
             .bind(filtered)
             .bind(user_id)
             .bind(pattern)
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await?)
         })
     }
@@ -1359,7 +1367,7 @@ impl MetadataStore for SqlStore {
             .bind(last.unwrap_or(""))
             .bind(i64::from(limit))
             .bind(pattern)
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await?)
         })
     }
@@ -1377,7 +1385,7 @@ impl MetadataStore for SqlStore {
             )
             .bind(repository_id)
             .bind(digest)
-            .fetch_optional(p)
+            .fetch_optional(&mut *p)
             .await?
         });
         Ok(row.map(blob_from_row))
@@ -1393,7 +1401,7 @@ impl MetadataStore for SqlStore {
             )
             .bind(repository)
             .bind(digest)
-            .fetch_optional(p)
+            .fetch_optional(&mut *p)
             .await?
         });
         Ok(row.map(blob_from_row))
@@ -1446,7 +1454,7 @@ impl MetadataStore for SqlStore {
             )
             .bind(repository_id)
             .bind(digest)
-            .execute(p)
+            .execute(&mut *p)
             .await?;
             Ok(res.rows_affected() > 0)
         })
@@ -1463,7 +1471,7 @@ impl MetadataStore for SqlStore {
     ) -> Result<CommitOutcome> {
         if let Pools::Sqlite { write, wal, .. } = &self.pools {
             let outcome = commit_blob_batched(
-                write,
+                &mut *write.get().await?,
                 repository_id,
                 digest,
                 size,
@@ -1558,7 +1566,7 @@ impl MetadataStore for SqlStore {
         let row: Option<UploadRow> = with_read!(self, |p| {
             sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(id)
-                .fetch_optional(p)
+                .fetch_optional(&mut *p)
                 .await?
         });
         Ok(row.map(upload_from_row))
@@ -1573,7 +1581,7 @@ impl MetadataStore for SqlStore {
             )
             .bind(id)
             .bind(repository)
-            .fetch_optional(p)
+            .fetch_optional(&mut *p)
             .await?
         });
         Ok(row.map(upload_from_row))
@@ -1598,7 +1606,7 @@ impl MetadataStore for SqlStore {
             .bind(hash_state)
             .bind(backend_state)
             .bind(now_ms())
-            .execute(p)
+            .execute(&mut *p)
             .await?;
             Ok(res.rows_affected() == 1)
         })
@@ -1608,7 +1616,7 @@ impl MetadataStore for SqlStore {
         with_write!(self, |p| {
             let res = sqlx::query("DELETE FROM uploads WHERE id = $1")
                 .bind(id)
-                .execute(p)
+                .execute(&mut *p)
                 .await?;
             Ok(res.rows_affected() > 0)
         })
@@ -1623,7 +1631,7 @@ impl MetadataStore for SqlStore {
             sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(updated_before)
                 .bind(i64::from(limit))
-                .fetch_all(p)
+                .fetch_all(&mut *p)
                 .await?
         });
         Ok(rows.into_iter().map(upload_from_row).collect())
@@ -1633,7 +1641,8 @@ impl MetadataStore for SqlStore {
         let blobs = distinct(&m.blob_refs);
         let manifests = distinct(&m.manifest_refs);
         if let Pools::Sqlite { write, wal, .. } = &self.pools {
-            let outcome = put_manifest_batched(write, m, &blobs, &manifests).await?;
+            let outcome =
+                put_manifest_batched(&mut *write.get().await?, m, &blobs, &manifests).await?;
             if let Some(wal) = wal {
                 wal.barrier().await?;
             }
@@ -1806,7 +1815,7 @@ impl MetadataStore for SqlStore {
             sqlx::query_as(sql)
                 .bind(repository_id)
                 .bind(digest)
-                .fetch_optional(p)
+                .fetch_optional(&mut *p)
                 .await?
         });
         Ok(row.map(manifest_from_row))
@@ -1831,7 +1840,7 @@ impl MetadataStore for SqlStore {
             sqlx::query_as(sql)
                 .bind(repository_id)
                 .bind(tag)
-                .fetch_optional(p)
+                .fetch_optional(&mut *p)
                 .await?
         });
         Ok(row.map(manifest_from_row))
@@ -1867,7 +1876,7 @@ impl MetadataStore for SqlStore {
             sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(repository)
                 .bind(value)
-                .fetch_optional(p)
+                .fetch_optional(&mut *p)
                 .await?
         });
         Ok(row.map(manifest_from_row))
@@ -1954,7 +1963,7 @@ impl MetadataStore for SqlStore {
             .bind(repository_id)
             .bind(last.unwrap_or(""))
             .bind(i64::from(limit))
-            .fetch_one(p)
+            .fetch_one(&mut *p)
             .await?
         });
         Ok(split_names(joined))
@@ -1979,7 +1988,7 @@ impl MetadataStore for SqlStore {
             .bind(bt)
             .bind(bd)
             .bind(i64::from(limit))
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await?
         });
         let mut out = Vec::with_capacity(rows.len());
@@ -1990,7 +1999,7 @@ impl MetadataStore for SqlStore {
                 )
                 .bind(repository_id)
                 .bind(&r.0)
-                .fetch_all(p)
+                .fetch_all(&mut *p)
                 .await?
             });
             out.push(ArtifactRecord {
@@ -2074,7 +2083,7 @@ impl MetadataStore for SqlStore {
             .bind(repository_id)
             .bind(subject)
             .bind(artifact_type)
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await?
         });
         Ok(rows
@@ -2335,18 +2344,19 @@ mod tests {
                 .digest,
             top
         );
-        let count: i64 = with_read!(s, |p| {
-            sqlx::query_scalar(
-                "SELECT count(*) FROM manifest_references \
-                 WHERE repository_id = $1 AND manifest_digest = $2",
-            )
-            .bind(repo)
-            .bind(&top)
-            .fetch_one(p)
-            .await
-            .unwrap()
-        });
-        assert_eq!(count, N as i64);
+        let count = async {
+            Ok::<i64, MetadataError>(with_read!(s, |p| {
+                sqlx::query_scalar(
+                    "SELECT count(*) FROM manifest_references \
+                     WHERE repository_id = $1 AND manifest_digest = $2",
+                )
+                .bind(repo)
+                .bind(&top)
+                .fetch_one(&mut *p)
+                .await?
+            }))
+        };
+        assert_eq!(count.await.unwrap(), N as i64);
     }
 
     #[tokio::test]

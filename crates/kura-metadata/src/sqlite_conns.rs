@@ -1,0 +1,174 @@
+//! SQLite connections held by Kura itself rather than by sqlx's pool.
+//!
+//! sqlx's `Pool` pings a connection each time it hands it out (unless told not to) and, with
+//! no way to turn it off, each time it takes it back: on SQLite each ping is a round trip to
+//! the connection's own thread (two thread switches), run by a task spawned on release, so the
+//! single write connection sat idle between two writers for that whole detour. A connection
+//! to an embedded database cannot drop off a network, so there is nothing for a ping to find;
+//! this set hands connections out and takes them back with a mutex and a FIFO semaphore.
+//!
+//! Connections open on demand, up to `max`, and stay open (an idle one costs its thread and
+//! its page cache). A future dropped half way through a statement leaves nothing behind:
+//! sqlx queues the connection's commands in order, and a dropped transaction queues its own
+//! rollback before the next holder's first command.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sqlx::ConnectOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::Result;
+
+pub(crate) struct SqliteConns {
+    options: SqliteConnectOptions,
+    idle: Mutex<Vec<SqliteConnection>>,
+    permits: Semaphore,
+    max: u32,
+    open: AtomicU32,
+}
+
+/// One connection, returned to its set when dropped.
+pub(crate) struct SqliteConn<'a> {
+    set: &'a SqliteConns,
+    conn: Option<SqliteConnection>,
+    // Released after `drop` has put the connection back (fields drop after `Drop::drop`).
+    _permit: SemaphorePermit<'a>,
+}
+
+impl SqliteConns {
+    /// A set of at most `max` connections opened with `options`; the first is opened now, so
+    /// that a bad path or a locked database fails at start rather than at the first request.
+    pub(crate) async fn open(options: SqliteConnectOptions, max: u32) -> Result<SqliteConns> {
+        let max = max.max(1);
+        let first = options.connect().await?;
+        Ok(SqliteConns {
+            options,
+            idle: Mutex::new(vec![first]),
+            permits: Semaphore::new(max as usize),
+            max,
+            open: AtomicU32::new(1),
+        })
+    }
+
+    /// Waits for a connection (first come, first served), opening one if none is idle.
+    pub(crate) async fn get(&self) -> Result<SqliteConn<'_>> {
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let idle = self.idle.lock().expect("not poisoned").pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => {
+                let c = self.options.connect().await?;
+                self.open.fetch_add(1, Ordering::Relaxed);
+                c
+            }
+        };
+        Ok(SqliteConn {
+            set: self,
+            conn: Some(conn),
+            _permit: permit,
+        })
+    }
+
+    /// (open, idle, max) for the metrics endpoint.
+    pub(crate) fn stats(&self) -> (u32, u32, u32) {
+        let idle = self.idle.lock().expect("not poisoned").len() as u32;
+        (self.open.load(Ordering::Relaxed), idle, self.max)
+    }
+}
+
+impl Deref for SqliteConn<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        self.conn.as_ref().expect("present until drop")
+    }
+}
+
+impl DerefMut for SqliteConn<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.conn.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for SqliteConn<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            self.set.idle.lock().expect("not poisoned").push(c);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[tokio::test]
+    async fn connections_are_reused_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let opts = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let set = SqliteConns::open(opts, 2).await.unwrap();
+        {
+            let mut a = set.get().await.unwrap();
+            sqlx::query("CREATE TABLE t (x INTEGER)")
+                .execute(&mut *a)
+                .await
+                .unwrap();
+            let _b = set.get().await.unwrap();
+            assert_eq!(set.stats(), (2, 0, 2));
+            // A third waits until one comes back.
+            let third = tokio::time::timeout(std::time::Duration::from_millis(50), set.get());
+            assert!(third.await.is_err());
+        }
+        assert_eq!(set.stats(), (2, 2, 2));
+        let mut c = set.get().await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+        assert_eq!(set.stats(), (2, 1, 2));
+    }
+
+    #[tokio::test]
+    async fn a_transaction_dropped_unfinished_is_rolled_back_before_the_next_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let opts = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let set = SqliteConns::open(opts, 1).await.unwrap();
+        {
+            let mut c = set.get().await.unwrap();
+            sqlx::query("CREATE TABLE t (x INTEGER)")
+                .execute(&mut *c)
+                .await
+                .unwrap();
+        }
+        {
+            use sqlx::Connection;
+            let mut c = set.get().await.unwrap();
+            let mut tx = c.begin().await.unwrap();
+            sqlx::query("INSERT INTO t VALUES (1)")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            // Dropped without commit.
+        }
+        let mut c = set.get().await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+}
