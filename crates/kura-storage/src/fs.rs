@@ -616,18 +616,31 @@ impl BlobStore for FsBlobStore {
         data: Vec<Bytes>,
         _digest: &Digest,
     ) -> Result<String> {
-        let (src, key, dst) = self.commit_paths(upload_id)?;
-        let uploads_dir = self.root.join("uploads");
+        let (_, key, dst) = self.commit_paths(upload_id)?;
         let strict = self.durability == Durability::Strict;
-        // Write, sync and rename in one blocking call: a small push's time goes to hand-offs.
+        // Written in place under the blob's own key, in one blocking call (a small push's
+        // time goes to hand-offs): the key is this upload's alone and no metadata names it
+        // until the caller records the commit, so no reader can see the file half written,
+        // and GC leaves it alone while the session exists (`upload_id_of_key`). Against
+        // writing to `uploads/` and renaming, this saves the rename and the second
+        // directory sync.
         tokio::task::spawn_blocking(move || -> Result<()> {
             use std::io::Write;
+            let dir = dst.parent().expect("blob path has a parent");
+            let created = ensure_dir(dir)?;
             // Created afresh: whatever an earlier, interrupted attempt left is replaced.
-            let mut file = std::fs::File::create(&src)?;
+            let mut file = std::fs::File::create(&dst)?;
             for chunk in &data {
                 file.write_all(chunk)?;
             }
-            publish(file, &src, &dst, &uploads_dir, strict)
+            if strict {
+                file.sync_data()?;
+                for made in created {
+                    std::fs::File::open(made.parent().expect("below the root"))?.sync_all()?;
+                }
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
         })
         .await
         .map_err(join_error)??;
