@@ -17,9 +17,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
-use crate::sqlite_conns::SqliteConns;
+use crate::sqlite_conns::{SqliteConn, SqliteConns};
 use crate::wal_sync::WalSync;
 use crate::{
     AccessStore, ArtifactRecord, BlobRecord, CommitOutcome, DeleteManifestOutcome, DeletedManifest,
@@ -995,12 +995,12 @@ fn upload_from_row(r: UploadRow) -> UploadRecord {
     }
 }
 
-/// A blob commit on SQLite in three round trips to its thread (BEGIN, one batch, COMMIT), for
-/// the same reason as [`put_manifest_batched`]: the single write connection is held for the
+/// A blob commit on SQLite in two round trips to its thread (BEGIN with one batch, then
+/// COMMIT or ROLLBACK), for the same reason as [`put_manifest_batched`]: the single write connection is held for the
 /// whole transaction, and every small push makes one. The batch writes first and returns what
 /// the checks need as `(what, number)` rows; a failed check rolls everything back.
 async fn commit_blob_batched(
-    write: &mut SqliteConnection,
+    write: &mut SqliteConn<'_>,
     repository_id: i64,
     digest: &str,
     size: u64,
@@ -1016,6 +1016,7 @@ async fn commit_blob_batched(
     // copy), and touching it keeps a concurrent GC from taking it (see migration 5); DO UPDATE
     // (not DO NOTHING) so that RETURNING yields the row in both cases.
     const SQL: &str = "\
+        BEGIN; \
         DELETE FROM uploads WHERE id = $1 RETURNING 'session', size, NULL; \
         SELECT 'limit', p.storage_limit, NULL FROM repositories r \
         JOIN projects p ON p.name = r.project WHERE r.id = $2; \
@@ -1029,9 +1030,9 @@ async fn commit_blob_batched(
         DO UPDATE SET touched_at = excluded.touched_at; \
         SELECT 'after', u.bytes, NULL FROM repositories r \
         JOIN project_usage u ON u.project = r.project WHERE r.id = $2;";
-    let mut tx = write.begin().await?;
     // Read the clock once the connection is ours: waiting for it must not age the row.
     let now = now_ms();
+    write.begin_in_batch();
     let rows: Vec<(String, Option<i64>, Option<String>)> = sqlx::query_as(SQL)
         .bind(upload_id)
         .bind(repository_id)
@@ -1039,13 +1040,13 @@ async fn commit_blob_batched(
         .bind(size as i64)
         .bind(storage_key)
         .bind(now)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **write)
         .await?;
     let number = |what: &str| rows.iter().find(|r| r.0 == what).map(|r| r.1);
     if let Some(session) = number("session")
         && session != Some(recorded_size as i64)
     {
-        tx.rollback().await?;
+        write.end_transaction(false).await?;
         return Ok(CommitOutcome::UploadChanged);
     }
     let recorded = rows
@@ -1059,7 +1060,7 @@ async fn commit_blob_batched(
             let before = number("before").flatten().unwrap_or(0);
             let after = number("after").flatten().unwrap_or(0);
             if after > before && after > limit {
-                tx.rollback().await?;
+                write.end_transaction(false).await?;
                 return Ok(CommitOutcome::QuotaExceeded(QuotaExceeded {
                     usage: before.max(0) as u64,
                     requested: (after - before) as u64,
@@ -1073,7 +1074,7 @@ async fn commit_blob_batched(
             })
         }
     };
-    tx.commit().await?;
+    write.end_transaction(true).await?;
     Ok(CommitOutcome::Committed {
         storage_key: recorded,
         usage,
@@ -1086,9 +1087,12 @@ fn distinct(v: &[String]) -> Vec<&str> {
     set.into_iter().collect()
 }
 
-/// A manifest PUT on SQLite in three round trips to its thread (BEGIN, one batch, COMMIT)
-/// rather than one per statement: the single write connection is held for the whole
-/// transaction, so its round trips bound every writer's throughput.
+/// A manifest PUT on SQLite in two round trips to its thread (BEGIN with one batch, then
+/// COMMIT or ROLLBACK) rather than one per statement: the single write connection is held
+/// for the whole transaction, so its round trips bound every writer's throughput. The BEGIN
+/// is the batch's first statement, which sqlx does not track; [`SqliteConn::begin_in_batch`]
+/// makes a request cancelled half way close the connection (rolling back) instead of
+/// handing a connection in an open transaction to the next writer.
 ///
 /// The batch writes first and checks after: the same statements as the general path, in a
 /// form that does not depend on what an earlier one found (upserts, conditional inserts), and
@@ -1098,7 +1102,7 @@ fn distinct(v: &[String]) -> Vec<&str> {
 /// so the statement text is the same for every manifest and stays prepared: one text per
 /// reference count kept a prepared statement for each count seen.
 async fn put_manifest_batched(
-    write: &mut SqliteConnection,
+    write: &mut SqliteConn<'_>,
     m: &NewManifest,
     blobs: &[&str],
     manifests: &[&str],
@@ -1106,6 +1110,7 @@ async fn put_manifest_batched(
     // $1 repository, $2 digest, $3 now, $4 tag (NULL: none), $5..$10 the manifest's columns,
     // $11 the distinct blob references, $12 the distinct manifest references (JSON arrays).
     const SQL: &str = "\
+        BEGIN; \
         SELECT 'previous', digest FROM tags WHERE repository_id = $1 AND name = $4; \
         SELECT 'existed', digest FROM manifests WHERE repository_id = $1 AND digest = $2; \
         UPDATE repository_blobs SET touched_at = $3 \
@@ -1140,9 +1145,9 @@ async fn put_manifest_batched(
     // row that DELETE matches nothing, and its references are already there). The tag's
     // history is written first, while the tag still shows where it pointed.
     let json = |v: &[&str]| serde_json::to_string(v).expect("strings serialize");
-    let mut tx = write.begin().await?;
     // Read the clock once the connection is ours: waiting for it must not age the row.
     let now = now_ms();
+    write.begin_in_batch();
     let rows = sqlx::query_as::<_, (String, String)>(SQL)
         .bind(m.repository_id)
         .bind(&m.digest)
@@ -1156,7 +1161,7 @@ async fn put_manifest_batched(
         .bind(&m.annotations)
         .bind(json(blobs))
         .bind(json(manifests))
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **write)
         .await?;
     let missing: Vec<String> = rows
         .iter()
@@ -1164,7 +1169,7 @@ async fn put_manifest_batched(
         .map(|(_, d)| d.clone())
         .collect();
     if !missing.is_empty() {
-        tx.rollback().await?;
+        write.end_transaction(false).await?;
         return Ok(PutManifestOutcome::MissingReferences(missing));
     }
     let previous = rows
@@ -1172,11 +1177,11 @@ async fn put_manifest_batched(
         .find(|(w, _)| w == "previous")
         .map(|(_, d)| d.clone());
     if m.immutable_tag && previous.as_ref().is_some_and(|d| *d != m.digest) {
-        tx.rollback().await?;
+        write.end_transaction(false).await?;
         return Ok(PutManifestOutcome::TagImmutable);
     }
     let existed = rows.iter().any(|(w, _)| w == "existed");
-    tx.commit().await?;
+    write.end_transaction(true).await?;
     let tag_changed = m.tag.is_some() && previous.as_deref() != Some(m.digest.as_str());
     Ok(PutManifestOutcome::Stored {
         created: !existed,
@@ -1471,7 +1476,7 @@ impl MetadataStore for SqlStore {
     ) -> Result<CommitOutcome> {
         if let Pools::Sqlite { write, wal, .. } = &self.pools {
             let outcome = commit_blob_batched(
-                &mut *write.get().await?,
+                &mut write.get().await?,
                 repository_id,
                 digest,
                 size,
@@ -1642,7 +1647,7 @@ impl MetadataStore for SqlStore {
         let manifests = distinct(&m.manifest_refs);
         if let Pools::Sqlite { write, wal, .. } = &self.pools {
             let outcome =
-                put_manifest_batched(&mut *write.get().await?, m, &blobs, &manifests).await?;
+                put_manifest_batched(&mut write.get().await?, m, &blobs, &manifests).await?;
             if let Some(wal) = wal {
                 wal.barrier().await?;
             }

@@ -34,6 +34,10 @@ pub(crate) struct SqliteConns {
 pub(crate) struct SqliteConn<'a> {
     set: &'a SqliteConns,
     conn: Option<SqliteConnection>,
+    /// A transaction begun by SQL text (see [`SqliteConn::begin_in_batch`]) is open: sqlx
+    /// does not know of it, so if this guard is dropped before it ends (a cancelled
+    /// request), the connection is closed, which rolls it back, instead of being reused.
+    raw_transaction: bool,
     // Released after `drop` has put the connection back (fields drop after `Drop::drop`).
     _permit: SemaphorePermit<'a>,
 }
@@ -72,6 +76,7 @@ impl SqliteConns {
         Ok(SqliteConn {
             set: self,
             conn: Some(conn),
+            raw_transaction: false,
             _permit: permit,
         })
     }
@@ -80,6 +85,24 @@ impl SqliteConns {
     pub(crate) fn stats(&self) -> (u32, u32, u32) {
         let idle = self.idle.lock().expect("not poisoned").len() as u32;
         (self.open.load(Ordering::Relaxed), idle, self.max)
+    }
+}
+
+impl SqliteConn<'_> {
+    /// Marks a transaction opened by a `BEGIN` at the head of a multi-statement query, which
+    /// saves the round trip of a separate BEGIN. Call it before the query is sent; end the
+    /// transaction with [`SqliteConn::end_transaction`].
+    pub(crate) fn begin_in_batch(&mut self) {
+        self.raw_transaction = true;
+    }
+
+    /// Ends the transaction marked by [`SqliteConn::begin_in_batch`] with `COMMIT` or
+    /// `ROLLBACK`.
+    pub(crate) async fn end_transaction(&mut self, commit: bool) -> Result<()> {
+        let sql = if commit { "COMMIT" } else { "ROLLBACK" };
+        sqlx::query(sql).execute(&mut **self).await?;
+        self.raw_transaction = false;
+        Ok(())
     }
 }
 
@@ -98,9 +121,16 @@ impl DerefMut for SqliteConn<'_> {
 
 impl Drop for SqliteConn<'_> {
     fn drop(&mut self) {
-        if let Some(c) = self.conn.take() {
-            self.set.idle.lock().expect("not poisoned").push(c);
+        let Some(c) = self.conn.take() else { return };
+        if self.raw_transaction {
+            // Dropping the connection closes it once its thread has run what it was sent
+            // (SQLite rolls back what is open); the next holder opens a new one, waiting on
+            // SQLite's lock (busy timeout) until this one is gone.
+            self.set.open.fetch_sub(1, Ordering::Relaxed);
+            drop(c);
+            return;
         }
+        self.set.idle.lock().expect("not poisoned").push(c);
     }
 }
 
@@ -137,6 +167,50 @@ mod tests {
             .unwrap();
         assert_eq!(n, 0);
         assert_eq!(set.stats(), (2, 1, 2));
+    }
+
+    #[tokio::test]
+    async fn a_batch_transaction_dropped_unfinished_is_rolled_back_and_its_connection_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let opts = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let set = SqliteConns::open(opts, 1).await.unwrap();
+        {
+            let mut c = set.get().await.unwrap();
+            sqlx::query("CREATE TABLE t (x INTEGER)")
+                .execute(&mut *c)
+                .await
+                .unwrap();
+        }
+        {
+            let mut c = set.get().await.unwrap();
+            c.begin_in_batch();
+            sqlx::raw_sql("BEGIN; INSERT INTO t VALUES (1);")
+                .execute(&mut *c)
+                .await
+                .unwrap();
+            // Dropped before COMMIT, as a cancelled request would.
+        }
+        assert_eq!(set.stats(), (0, 0, 1));
+        {
+            let mut c = set.get().await.unwrap();
+            c.begin_in_batch();
+            sqlx::raw_sql("BEGIN; INSERT INTO t VALUES (2);")
+                .execute(&mut *c)
+                .await
+                .unwrap();
+            c.end_transaction(true).await.unwrap();
+        }
+        assert_eq!(set.stats(), (1, 1, 1));
+        let mut c = set.get().await.unwrap();
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT x FROM t")
+            .fetch_all(&mut *c)
+            .await
+            .unwrap();
+        assert_eq!(rows, vec![2]);
     }
 
     #[tokio::test]
