@@ -541,8 +541,7 @@ impl BlobStore for FsBlobStore {
         let path = self.upload_path(upload_id)?;
         let id = upload_id.to_string();
         tokio::task::spawn_blocking(move || -> Result<()> {
-            let file =
-                std::fs::File::open(&path).map_err(|e| not_found(e, || format!("upload {id}")))?;
+            let file = std::fs::File::open(&path).map_err(|e| upload_file::not_found(e, &id))?;
             // The writes started their writeback as they went (`start_writeback`), so this
             // mostly waits for the last few MiB.
             file.sync_data()?;
@@ -560,7 +559,7 @@ impl BlobStore for FsBlobStore {
         }
         let id = upload_id.to_string();
         let file = tokio::task::spawn_blocking(move || {
-            std::fs::File::open(&path).map_err(|e| not_found(e, || format!("upload {id}")))
+            std::fs::File::open(&path).map_err(|e| upload_file::not_found(e, &id))
         })
         .await
         .map_err(join_error)??;
@@ -591,18 +590,8 @@ impl BlobStore for FsBlobStore {
                 .create(size == 0)
                 .truncate(false)
                 .open(&src)
-                .map_err(|e| not_found(e, || format!("upload {id}")))?;
-            let on_disk = file.metadata()?.len();
-            if on_disk < size {
-                // Bytes the session recorded are gone (a crash before they reached the disk):
-                // padding the file would publish content that does not match the digest.
-                return Err(StorageError::Conflict(format!(
-                    "upload {id} holds {on_disk} bytes, expected {size}"
-                )));
-            }
-            if on_disk > size {
-                file.set_len(size)?;
-            }
+                .map_err(|e| upload_file::not_found(e, &id))?;
+            upload_file::cut_to_recorded(&file, size, &id)?;
             publish(file, &src, &dst, &uploads_dir, strict)
         })
         .await

@@ -66,15 +66,7 @@ impl UploadFile {
             Some(f) => f,
             None => options.open(path).map_err(|e| not_found(e, upload_id))?,
         };
-        let on_disk = file.metadata()?.len();
-        if on_disk < start {
-            return Err(StorageError::Conflict(format!(
-                "upload {upload_id} holds {on_disk} bytes, expected {start}"
-            )));
-        }
-        if on_disk > start {
-            file.set_len(start)?;
-        }
+        cut_to_recorded(&file, start, upload_id)?;
         Ok(UploadFile {
             file,
             direct: is_direct,
@@ -160,7 +152,25 @@ fn open_direct(_options: &std::fs::OpenOptions, _path: &Path) -> io::Result<File
     Err(io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-fn not_found(e: io::Error, upload_id: &str) -> StorageError {
+/// Cuts an upload's file to `recorded`, the size its session recorded: bytes past it are
+/// from a write whose position was never recorded. A file *shorter* than that lost bytes the
+/// session counted (a crash before they reached the disk), and padding it would publish
+/// content that does not match the digest hashed on arrival: that is a `Conflict`.
+pub(crate) fn cut_to_recorded(file: &File, recorded: u64, upload_id: &str) -> Result<()> {
+    let on_disk = file.metadata()?.len();
+    if on_disk < recorded {
+        return Err(StorageError::Conflict(format!(
+            "upload {upload_id} holds {on_disk} bytes, expected {recorded}"
+        )));
+    }
+    if on_disk > recorded {
+        file.set_len(recorded)?;
+    }
+    Ok(())
+}
+
+/// An upload's file that is missing is an unknown upload; any other error is I/O.
+pub(crate) fn not_found(e: io::Error, upload_id: &str) -> StorageError {
     if e.kind() == io::ErrorKind::NotFound {
         StorageError::NotFound(format!("upload {upload_id}"))
     } else {
