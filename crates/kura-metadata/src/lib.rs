@@ -8,6 +8,7 @@
 
 #[macro_use]
 pub mod sql;
+mod checkpoint;
 pub mod lifecycle;
 pub mod ops;
 mod sqlite_conns;

@@ -19,6 +19,7 @@ use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
+use crate::checkpoint::Checkpointer;
 use crate::sqlite_conns::{SqliteConn, SqliteConns};
 use crate::wal_sync::WalSync;
 use crate::{
@@ -80,6 +81,9 @@ pub(crate) enum Pools {
         write: SqliteConns,
         /// Strict durability: group commit of the write-ahead log (see [`crate::wal_sync`]).
         wal: Option<Arc<WalSync>>,
+        /// Checkpoints the log off the write connection (see [`crate::checkpoint`]); none
+        /// for an in-memory database.
+        _checkpointer: Option<Checkpointer>,
     },
     Postgres(PgPool),
 }
@@ -352,9 +356,24 @@ impl SqlStore {
             let in_memory = base.get_filename().as_os_str() == ":memory:";
             let wal =
                 (options.durable_commits && !in_memory).then(|| WalSync::new(base.get_filename()));
-            let write = SqliteConns::open(base.clone(), 1).await?;
+            // The write connection checkpoints rarely: that stalls every writer (see
+            // `checkpoint.rs`, whose task does the copying).
+            let autocheckpoint = crate::checkpoint::WRITER_AUTOCHECKPOINT_PAGES.to_string();
+            let write =
+                SqliteConns::open(base.clone().pragma("wal_autocheckpoint", autocheckpoint), 1)
+                    .await?;
+            let checkpointer = if in_memory {
+                None
+            } else {
+                Some(Checkpointer::start(base.clone()).await?)
+            };
             let read = SqliteConns::open(base.read_only(true), options.max_connections).await?;
-            Pools::Sqlite { read, write, wal }
+            Pools::Sqlite {
+                read,
+                write,
+                wal,
+                _checkpointer: checkpointer,
+            }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
