@@ -7,14 +7,17 @@
 //! to an embedded database cannot drop off a network, so there is nothing for a ping to find;
 //! this set hands connections out and takes them back with a mutex and a FIFO semaphore.
 //!
-//! Connections open on demand, up to `max`, and stay open (an idle one costs its thread and
-//! its page cache). A future dropped half way through a statement leaves nothing behind:
+//! Connections open on demand, up to `max`. The most recently returned is handed out first,
+//! so after a burst the extra ones sit unused at the bottom of the stack; one unused for
+//! [`IDLE_TIMEOUT`] is closed when another comes back (an idle one costs its thread and its
+//! page cache, up to 2 MiB), as sqlx's pool would, keeping at least one open. A future dropped half way through a statement leaves nothing behind:
 //! sqlx queues the connection's commands in order, and a dropped transaction queues its own
 //! rollback before the next holder's first command.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use sqlx::ConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
@@ -22,9 +25,14 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::Result;
 
+/// How long a connection may sit unused before it is closed (sqlx's pool default).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
 pub(crate) struct SqliteConns {
     options: SqliteConnectOptions,
-    idle: Mutex<Vec<SqliteConnection>>,
+    /// Unused connections and since when, most recently returned last.
+    idle: Mutex<Vec<(SqliteConnection, Instant)>>,
+    idle_timeout: Duration,
     permits: Semaphore,
     max: u32,
     open: AtomicU32,
@@ -46,11 +54,20 @@ impl SqliteConns {
     /// A set of at most `max` connections opened with `options`; the first is opened now, so
     /// that a bad path or a locked database fails at start rather than at the first request.
     pub(crate) async fn open(options: SqliteConnectOptions, max: u32) -> Result<SqliteConns> {
+        Self::open_with(options, max, IDLE_TIMEOUT).await
+    }
+
+    async fn open_with(
+        options: SqliteConnectOptions,
+        max: u32,
+        idle_timeout: Duration,
+    ) -> Result<SqliteConns> {
         let max = max.max(1);
         let first = options.connect().await?;
         Ok(SqliteConns {
             options,
-            idle: Mutex::new(vec![first]),
+            idle: Mutex::new(vec![(first, Instant::now())]),
+            idle_timeout,
             permits: Semaphore::new(max as usize),
             max,
             open: AtomicU32::new(1),
@@ -66,7 +83,7 @@ impl SqliteConns {
             .expect("the semaphore is never closed");
         let idle = self.idle.lock().expect("not poisoned").pop();
         let conn = match idle {
-            Some(c) => c,
+            Some((c, _)) => c,
             None => {
                 let c = self.options.connect().await?;
                 self.open.fetch_add(1, Ordering::Relaxed);
@@ -130,7 +147,21 @@ impl Drop for SqliteConn<'_> {
             drop(c);
             return;
         }
-        self.set.idle.lock().expect("not poisoned").push(c);
+        let expired = {
+            let mut idle = self.set.idle.lock().expect("not poisoned");
+            idle.push((c, Instant::now()));
+            let stale = idle
+                .iter()
+                .take(idle.len() - 1)
+                .take_while(|(_, since)| since.elapsed() > self.set.idle_timeout)
+                .count();
+            idle.drain(..stale).collect::<Vec<_>>()
+        };
+        // Closed outside the lock: dropping a connection hands its thread the close.
+        self.set
+            .open
+            .fetch_sub(expired.len() as u32, Ordering::Relaxed);
+        drop(expired);
     }
 }
 
@@ -139,52 +170,75 @@ mod tests {
     use super::*;
     use std::str::FromStr;
 
-    #[tokio::test]
-    async fn connections_are_reused_and_bounded() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A set of at most `max` connections to a new database holding an empty table `t`.
+    async fn set_with_table(
+        dir: &tempfile::TempDir,
+        max: u32,
+        idle_timeout: Duration,
+    ) -> SqliteConns {
         let url = format!("sqlite://{}/t.db", dir.path().display());
         let opts = SqliteConnectOptions::from_str(&url)
             .unwrap()
-            .create_if_missing(true);
-        let set = SqliteConns::open(opts, 2).await.unwrap();
+            .create_if_missing(true)
+            .busy_timeout(Duration::from_secs(10));
+        let set = SqliteConns::open_with(opts, max, idle_timeout)
+            .await
+            .unwrap();
+        let mut c = set.get().await.unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&mut *c)
+            .await
+            .unwrap();
+        drop(c);
+        set
+    }
+
+    async fn rows(set: &SqliteConns) -> Vec<i64> {
+        let mut c = set.get().await.unwrap();
+        sqlx::query_scalar("SELECT x FROM t ORDER BY x")
+            .fetch_all(&mut *c)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = set_with_table(&dir, 2, IDLE_TIMEOUT).await;
         {
-            let mut a = set.get().await.unwrap();
-            sqlx::query("CREATE TABLE t (x INTEGER)")
-                .execute(&mut *a)
-                .await
-                .unwrap();
+            let _a = set.get().await.unwrap();
             let _b = set.get().await.unwrap();
             assert_eq!(set.stats(), (2, 0, 2));
             // A third waits until one comes back.
-            let third = tokio::time::timeout(std::time::Duration::from_millis(50), set.get());
+            let third = tokio::time::timeout(Duration::from_millis(50), set.get());
             assert!(third.await.is_err());
         }
         assert_eq!(set.stats(), (2, 2, 2));
-        let mut c = set.get().await.unwrap();
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
-            .fetch_one(&mut *c)
-            .await
-            .unwrap();
-        assert_eq!(n, 0);
-        assert_eq!(set.stats(), (2, 1, 2));
+        assert!(rows(&set).await.is_empty());
+        assert_eq!(set.stats(), (2, 2, 2));
+    }
+
+    #[tokio::test]
+    async fn connections_unused_past_the_timeout_are_closed_but_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = set_with_table(&dir, 3, Duration::from_millis(20)).await;
+        {
+            let _a = set.get().await.unwrap();
+            let _b = set.get().await.unwrap();
+            let _c = set.get().await.unwrap();
+        }
+        assert_eq!(set.stats(), (3, 3, 3));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        // Taking one and giving it back closes the two that sat unused.
+        drop(set.get().await.unwrap());
+        assert_eq!(set.stats(), (1, 1, 3));
+        assert!(rows(&set).await.is_empty());
     }
 
     #[tokio::test]
     async fn a_batch_transaction_dropped_unfinished_is_rolled_back_and_its_connection_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let opts = SqliteConnectOptions::from_str(&url)
-            .unwrap()
-            .create_if_missing(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let set = SqliteConns::open(opts, 1).await.unwrap();
-        {
-            let mut c = set.get().await.unwrap();
-            sqlx::query("CREATE TABLE t (x INTEGER)")
-                .execute(&mut *c)
-                .await
-                .unwrap();
-        }
+        let set = set_with_table(&dir, 1, IDLE_TIMEOUT).await;
         {
             let mut c = set.get().await.unwrap();
             c.begin_in_batch();
@@ -205,29 +259,13 @@ mod tests {
             c.end_transaction(true).await.unwrap();
         }
         assert_eq!(set.stats(), (1, 1, 1));
-        let mut c = set.get().await.unwrap();
-        let rows: Vec<i64> = sqlx::query_scalar("SELECT x FROM t")
-            .fetch_all(&mut *c)
-            .await
-            .unwrap();
-        assert_eq!(rows, vec![2]);
+        assert_eq!(rows(&set).await, vec![2]);
     }
 
     #[tokio::test]
     async fn a_transaction_dropped_unfinished_is_rolled_back_before_the_next_holder() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let opts = SqliteConnectOptions::from_str(&url)
-            .unwrap()
-            .create_if_missing(true);
-        let set = SqliteConns::open(opts, 1).await.unwrap();
-        {
-            let mut c = set.get().await.unwrap();
-            sqlx::query("CREATE TABLE t (x INTEGER)")
-                .execute(&mut *c)
-                .await
-                .unwrap();
-        }
+        let set = set_with_table(&dir, 1, IDLE_TIMEOUT).await;
         {
             use sqlx::Connection;
             let mut c = set.get().await.unwrap();
@@ -238,11 +276,6 @@ mod tests {
                 .unwrap();
             // Dropped without commit.
         }
-        let mut c = set.get().await.unwrap();
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
-            .fetch_one(&mut *c)
-            .await
-            .unwrap();
-        assert_eq!(n, 0);
+        assert!(rows(&set).await.is_empty());
     }
 }
