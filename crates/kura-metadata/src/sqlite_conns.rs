@@ -10,9 +10,11 @@
 //! Connections open on demand, up to `max`. The most recently returned is handed out first,
 //! so after a burst the extra ones sit unused at the bottom of the stack; one unused for
 //! [`IDLE_TIMEOUT`] is closed when another comes back (an idle one costs its thread and its
-//! page cache, up to 2 MiB), as sqlx's pool would, keeping at least one open. A future dropped half way through a statement leaves nothing behind:
-//! sqlx queues the connection's commands in order, and a dropped transaction queues its own
-//! rollback before the next holder's first command.
+//! page cache, up to 2 MiB), as sqlx's pool would, keeping at least one open.
+//!
+//! A future dropped half way through a statement leaves nothing behind: sqlx queues the
+//! connection's commands in order, and a dropped transaction queues its own rollback before
+//! the next holder's first command.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
