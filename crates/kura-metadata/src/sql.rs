@@ -1015,8 +1015,8 @@ fn upload_from_row(r: UploadRow) -> UploadRecord {
 }
 
 /// A blob commit on SQLite in two round trips to its thread (BEGIN with one batch, then
-/// COMMIT or ROLLBACK), for the same reason as [`put_manifest_batched`]: the single write connection is held for the
-/// whole transaction, and every small push makes one. The batch writes first and returns what
+/// COMMIT or ROLLBACK), for the same reason as [`put_manifest_batched`]: the single write
+/// connection is held for the whole transaction, and every small push makes one. The batch writes first and returns what
 /// the checks need as `(what, number)` rows; a failed check rolls everything back.
 async fn commit_blob_batched(
     write: &mut SqliteConn<'_>,

@@ -233,14 +233,19 @@ fn publish(
     let created = ensure_dir(dir)?;
     std::fs::rename(src, dst)?;
     if strict {
-        // A directory made just now is durable only once its parents' entries are.
-        for made in created {
-            std::fs::File::open(made.parent().expect("below the root"))?.sync_all()?;
-        }
-        std::fs::File::open(dir)?.sync_all()?;
+        sync_entries(dir, created)?;
         std::fs::File::open(uploads_dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Makes the entries of `dir` durable, and `dir` itself when [`ensure_dir`] just `created` it
+/// (a directory made just now is durable only once its parents' entries are).
+fn sync_entries(dir: &Path, created: Vec<PathBuf>) -> io::Result<()> {
+    for made in created {
+        std::fs::File::open(made.parent().expect("below the root"))?.sync_all()?;
+    }
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Creates `dir` and any missing parents; returns the directories it made, outermost first.
@@ -624,10 +629,7 @@ impl BlobStore for FsBlobStore {
             }
             if strict {
                 file.sync_data()?;
-                for made in created {
-                    std::fs::File::open(made.parent().expect("below the root"))?.sync_all()?;
-                }
-                std::fs::File::open(dir)?.sync_all()?;
+                sync_entries(dir, created)?;
             }
             Ok(())
         })
