@@ -40,9 +40,15 @@ pub type Result<T, E = MetadataError> = std::result::Result<T, E>;
 pub struct BlobRecord {
     pub digest: String,
     pub size: u64,
-    /// Where blob storage keeps the bytes.
+    /// Where blob storage keeps the bytes; [`INLINE_STORAGE_KEY`] when `content` holds them.
     pub storage_key: String,
+    /// The bytes of a blob small enough to be kept in its metadata row.
+    pub content: Option<Vec<u8>>,
 }
+
+/// The storage key recorded for a blob whose bytes live in its metadata row: no object in
+/// blob storage belongs to it, so nothing there is read or deleted for it.
+pub const INLINE_STORAGE_KEY: &str = "";
 
 /// An upload session. `hash_state` lets any replica continue hashing where the last chunk ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,12 +239,17 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> Result<Vec<String>>;
 
     // --- blobs ---------------------------------------------------------------------------
-    /// The blob if it is linked to the repository.
+    /// The blob if it is linked to the repository (never with inline `content`).
     async fn repository_blob(&self, repository_id: i64, digest: &str)
     -> Result<Option<BlobRecord>>;
     /// The blob if it is linked to the repository named `repository`, in one statement (the
-    /// pull path's lookup).
-    async fn find_blob(&self, repository: &str, digest: &str) -> Result<Option<BlobRecord>>;
+    /// pull path's lookup); with `content`, an inline blob's bytes come with it.
+    async fn find_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        content: bool,
+    ) -> Result<Option<BlobRecord>>;
     /// Links an already stored blob to a repository (refused past the project's quota).
     async fn link_blob(&self, repository_id: i64, digest: &str) -> Result<LinkOutcome>;
     /// Removes a repository's link to a blob; false when there was none.
@@ -248,12 +259,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// is `storage_key`, or the key of an earlier commit of the same digest (the caller then
     /// drops its copy). `recorded_size` is the upload's size as the caller loaded it: the
     /// commit is refused if the row says otherwise (a compare-and-set, as in `advance_upload`).
+    /// `content` keeps a small blob's bytes in its row instead (`storage_key` is then
+    /// [`INLINE_STORAGE_KEY`]), durable with the commit itself.
+    #[allow(clippy::too_many_arguments)]
     async fn commit_blob(
         &self,
         repository_id: i64,
         digest: &str,
         size: u64,
         storage_key: &str,
+        content: Option<&[u8]>,
         upload_id: &str,
         recorded_size: u64,
     ) -> Result<CommitOutcome>;

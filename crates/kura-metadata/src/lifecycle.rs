@@ -1287,15 +1287,18 @@ impl LifecycleStore for SqlStore {
                     .fetch_optional(&mut *tx)
                     .await?;
                 if let Some((size, key)) = row {
-                    sqlx::query(
-                        "INSERT INTO pending_blob_deletions (storage_key, size, queued_at) \
-                         VALUES ($1, $2, $3) ON CONFLICT (storage_key) DO NOTHING",
-                    )
-                    .bind(&key)
-                    .bind(size)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                    // An inline blob's bytes went with its row.
+                    if key != crate::INLINE_STORAGE_KEY {
+                        sqlx::query(
+                            "INSERT INTO pending_blob_deletions (storage_key, size, queued_at) \
+                             VALUES ($1, $2, $3) ON CONFLICT (storage_key) DO NOTHING",
+                        )
+                        .bind(&key)
+                        .bind(size)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                     deleted.push(BlobCandidate {
                         digest: c.digest.clone(),
                         size: size.max(0) as u64,

@@ -68,6 +68,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("migrations/sqlite/0006_operations.sql"),
         include_str!("migrations/postgres/0006_operations.sql"),
     ),
+    (
+        7,
+        "inline_blobs",
+        include_str!("migrations/sqlite/0007_inline_blobs.sql"),
+        include_str!("migrations/postgres/0007_inline_blobs.sql"),
+    ),
 ];
 
 /// Key of the PostgreSQL advisory lock that serializes migrations across replicas.
@@ -1018,16 +1024,20 @@ fn upload_from_row(r: UploadRow) -> UploadRecord {
 /// COMMIT or ROLLBACK), for the same reason as [`put_manifest_batched`]: the single write
 /// connection is held for the whole transaction, and every small push makes one. The batch writes first and returns what
 /// the checks need as `(what, number)` rows; a failed check rolls everything back.
+#[allow(clippy::too_many_arguments)]
 async fn commit_blob_batched(
     write: &mut SqliteConn<'_>,
     repository_id: i64,
     digest: &str,
     size: u64,
     storage_key: &str,
+    content: Option<&[u8]>,
     upload_id: &str,
     recorded_size: u64,
 ) -> Result<CommitOutcome> {
-    // $1 upload, $2 repository, $3 digest, $4 size, $5 storage key, $6 now.
+    // $1 upload, $2 repository, $3 digest, $4 size, $5 storage key, $6 now, $7 content.
+    // Inline bytes are kept only when the blob's row is inline (this commit's, or an earlier
+    // inline commit's, whose bytes are the same): an earlier stored copy wins.
     // The DELETE ends the session and is the compare-and-set that keeps a concurrent append
     // on another replica from slipping in between this upload's last write and its commit.
     // Usage is kept by triggers on repository_blobs, so reading it before and after the link
@@ -1044,6 +1054,9 @@ async fn commit_blob_batched(
         INSERT INTO blobs (digest, size, storage_key, created_at, touched_at) \
         VALUES ($3, $4, $5, $6, $6) ON CONFLICT (digest) \
         DO UPDATE SET touched_at = excluded.touched_at RETURNING 'key', NULL, storage_key; \
+        INSERT INTO blob_contents (digest, content) SELECT $3, $7 \
+        WHERE $7 IS NOT NULL AND EXISTS (SELECT 1 FROM blobs WHERE digest = $3 AND storage_key = $5) \
+        ON CONFLICT (digest) DO NOTHING; \
         INSERT INTO repository_blobs (repository_id, digest, created_at, touched_at) \
         VALUES ($2, $3, $6, $6) ON CONFLICT (repository_id, digest) \
         DO UPDATE SET touched_at = excluded.touched_at; \
@@ -1059,6 +1072,7 @@ async fn commit_blob_batched(
         .bind(size as i64)
         .bind(storage_key)
         .bind(now)
+        .bind(content)
         .fetch_all(&mut **write)
         .await?;
     let number = |what: &str| rows.iter().find(|r| r.0 == what).map(|r| r.1);
@@ -1228,11 +1242,28 @@ fn split_names(joined: Option<String>) -> Vec<String> {
 const UPLOAD_COLUMNS: &str =
     "id, repository_id, size, hash_algorithm, hash_state, backend_state, created_at, updated_at";
 
-fn blob_from_row((digest, size, storage_key): (String, i64, String)) -> BlobRecord {
+type BlobRow = (String, i64, String, Option<Vec<u8>>);
+
+/// The pull path's blob lookup, by repository name; a HEAD's carries no bytes.
+const FIND_BLOB: &str = "SELECT b.digest, b.size, b.storage_key, NULL FROM repositories r \
+     JOIN repository_blobs rb ON rb.repository_id = r.id \
+     JOIN blobs b ON b.digest = rb.digest \
+     WHERE r.name = $1 AND rb.digest = $2";
+
+/// [`FIND_BLOB`] with an inline blob's bytes (one index probe more for a stored one).
+const FIND_BLOB_WITH_CONTENT: &str = "SELECT b.digest, b.size, b.storage_key, c.content \
+     FROM repositories r \
+     JOIN repository_blobs rb ON rb.repository_id = r.id \
+     JOIN blobs b ON b.digest = rb.digest \
+     LEFT JOIN blob_contents c ON c.digest = b.digest \
+     WHERE r.name = $1 AND rb.digest = $2";
+
+fn blob_from_row((digest, size, storage_key, content): BlobRow) -> BlobRecord {
     BlobRecord {
         digest,
         size: size as u64,
         storage_key,
+        content,
     }
 }
 
@@ -1401,9 +1432,9 @@ impl MetadataStore for SqlStore {
         repository_id: i64,
         digest: &str,
     ) -> Result<Option<BlobRecord>> {
-        let row: Option<(String, i64, String)> = with_read!(self, |p| {
+        let row: Option<BlobRow> = with_read!(self, |p| {
             sqlx::query_as(
-                "SELECT b.digest, b.size, b.storage_key FROM repository_blobs rb \
+                "SELECT b.digest, b.size, b.storage_key, NULL FROM repository_blobs rb \
                  JOIN blobs b ON b.digest = rb.digest \
                  WHERE rb.repository_id = $1 AND rb.digest = $2",
             )
@@ -1415,14 +1446,18 @@ impl MetadataStore for SqlStore {
         Ok(row.map(blob_from_row))
     }
 
-    async fn find_blob(&self, repository: &str, digest: &str) -> Result<Option<BlobRecord>> {
-        let row: Option<(String, i64, String)> = with_read!(self, |p| {
-            sqlx::query_as(
-                "SELECT b.digest, b.size, b.storage_key FROM repositories r \
-                 JOIN repository_blobs rb ON rb.repository_id = r.id \
-                 JOIN blobs b ON b.digest = rb.digest \
-                 WHERE r.name = $1 AND rb.digest = $2",
-            )
+    async fn find_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        content: bool,
+    ) -> Result<Option<BlobRecord>> {
+        let row: Option<BlobRow> = with_read!(self, |p| {
+            sqlx::query_as(if content {
+                FIND_BLOB_WITH_CONTENT
+            } else {
+                FIND_BLOB
+            })
             .bind(repository)
             .bind(digest)
             .fetch_optional(&mut *p)
@@ -1490,6 +1525,7 @@ impl MetadataStore for SqlStore {
         digest: &str,
         size: u64,
         storage_key: &str,
+        content: Option<&[u8]>,
         upload_id: &str,
         recorded_size: u64,
     ) -> Result<CommitOutcome> {
@@ -1500,6 +1536,7 @@ impl MetadataStore for SqlStore {
                 digest,
                 size,
                 storage_key,
+                content,
                 upload_id,
                 recorded_size,
             )
@@ -1549,6 +1586,19 @@ impl MetadataStore for SqlStore {
             .bind(now)
             .fetch_one(&mut *tx)
             .await?;
+            if let Some(content) = content
+                && recorded == storage_key
+            {
+                // Same rule as the SQLite batch: an earlier stored copy wins.
+                sqlx::query(
+                    "INSERT INTO blob_contents (digest, content) VALUES ($1, $2) \
+                     ON CONFLICT (digest) DO NOTHING",
+                )
+                .bind(digest)
+                .bind(content)
+                .execute(&mut *tx)
+                .await?;
+            }
             sqlx::query(
                 "INSERT INTO repository_blobs (repository_id, digest, created_at, touched_at) \
                  VALUES ($1, $2, $3, $3) ON CONFLICT (repository_id, digest) \
@@ -2126,7 +2176,7 @@ impl MetadataStore for SqlStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::LifecycleStore;
+    use crate::{INLINE_STORAGE_KEY, LifecycleStore};
 
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -2211,6 +2261,79 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn inline_blobs() {
+        let (_d, s) = sqlite().await;
+        inline_blobs_on(s).await;
+    }
+
+    #[tokio::test]
+    async fn inline_blobs_postgres() {
+        if let Some(s) = postgres().await {
+            inline_blobs_on(s).await;
+        }
+    }
+
+    /// A blob committed with its bytes keeps them in its row, and the first commit of a
+    /// digest decides where its bytes are, whichever way the later ones came.
+    async fn inline_blobs_on(s: SqlStore) {
+        let repo = s.ensure_repository("in/line").await.unwrap();
+        let other = s.ensure_repository("other").await.unwrap();
+        let committed = |k: &str| CommitOutcome::Committed {
+            storage_key: k.into(),
+            usage: None,
+        };
+        let bytes = vec![0u8, 1, 2, 255];
+        assert_eq!(
+            s.commit_blob(repo, D1, 4, INLINE_STORAGE_KEY, Some(&bytes), "u1", 0)
+                .await
+                .unwrap(),
+            committed(INLINE_STORAGE_KEY)
+        );
+        let b = s.find_blob("in/line", D1, true).await.unwrap().unwrap();
+        assert_eq!(b.storage_key, INLINE_STORAGE_KEY);
+        assert_eq!(b.content.as_deref(), Some(&bytes[..]));
+        // A later copy stored as a file is not recorded: the row's bytes win.
+        assert_eq!(
+            s.commit_blob(other, D1, 4, "k1", None, "u2", 0)
+                .await
+                .unwrap(),
+            committed(INLINE_STORAGE_KEY)
+        );
+        let b = s.find_blob("other", D1, true).await.unwrap().unwrap();
+        assert_eq!(b.content.as_deref(), Some(&bytes[..]));
+        // A lookup that does not ask for the bytes does not carry them.
+        let b = s.find_blob("other", D1, false).await.unwrap().unwrap();
+        assert_eq!(
+            (b.storage_key.as_str(), b.content),
+            (INLINE_STORAGE_KEY, None)
+        );
+        // And the other way round: a file's key wins over later inline bytes.
+        assert_eq!(
+            s.commit_blob(repo, D2, 4, "k2", None, "u3", 0)
+                .await
+                .unwrap(),
+            committed("k2")
+        );
+        assert_eq!(
+            s.commit_blob(other, D2, 4, INLINE_STORAGE_KEY, Some(&bytes), "u4", 0)
+                .await
+                .unwrap(),
+            committed("k2")
+        );
+        let b = s.find_blob("other", D2, true).await.unwrap().unwrap();
+        assert_eq!((b.storage_key.as_str(), b.content), ("k2", None));
+        // An empty blob inline is bytes, not "no bytes".
+        assert_eq!(
+            s.commit_blob(repo, M1, 0, INLINE_STORAGE_KEY, Some(&[]), "u5", 0)
+                .await
+                .unwrap(),
+            committed(INLINE_STORAGE_KEY)
+        );
+        let b = s.find_blob("in/line", M1, true).await.unwrap().unwrap();
+        assert_eq!(b.content.as_deref(), Some(&[][..]));
+    }
+
     fn digest_of(i: usize) -> String {
         format!("sha256:{i:064x}")
     }
@@ -2238,7 +2361,9 @@ mod tests {
         let repo = s.ensure_repository("p/r").await.unwrap();
         let blobs: Vec<String> = (1..=3).map(digest_of).collect();
         for b in &blobs {
-            s.commit_blob(repo, b, 1, b, "no-session", 0).await.unwrap();
+            s.commit_blob(repo, b, 1, b, None, "no-session", 0)
+                .await
+                .unwrap();
         }
         let (a, b, c) = (digest_of(0xa), digest_of(0xb), digest_of(0xc));
         let stored = |created, tag_changed, previous: Option<&String>| PutManifestOutcome::Stored {
@@ -2346,7 +2471,9 @@ mod tests {
         let repo = s.ensure_repository("p/big").await.unwrap();
         let blobs: Vec<String> = (1..=N).map(digest_of).collect();
         for b in &blobs {
-            s.commit_blob(repo, b, 1, b, "no-session", 0).await.unwrap();
+            s.commit_blob(repo, b, 1, b, None, "no-session", 0)
+                .await
+                .unwrap();
         }
         let top = digest_of(0);
         let mut m = manifest(repo, &top, &blobs, Some("big"));
@@ -2446,16 +2573,20 @@ mod tests {
         };
         // The row says 10 bytes: a commit that loaded it at another size is refused.
         assert_eq!(
-            s.commit_blob(repo, D1, 10, "k1", "u1", 0).await.unwrap(),
+            s.commit_blob(repo, D1, 10, "k1", None, "u1", 0)
+                .await
+                .unwrap(),
             CommitOutcome::UploadChanged
         );
         assert!(s.repository_blob(repo, D1).await.unwrap().is_none());
         assert_eq!(
-            s.commit_blob(repo, D1, 10, "k1", "u1", 10).await.unwrap(),
+            s.commit_blob(repo, D1, 10, "k1", None, "u1", 10)
+                .await
+                .unwrap(),
             committed("k1")
         );
         assert_eq!(
-            s.commit_blob(other, D1, 10, "k2", "gone", 10)
+            s.commit_blob(other, D1, 10, "k2", None, "gone", 10)
                 .await
                 .unwrap(),
             committed("k1")

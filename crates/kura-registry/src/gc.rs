@@ -22,7 +22,9 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use kura_metadata::{BlobCandidate, GcParams, RepoDigest, RunProgress, RunRecord, now_ms};
+use kura_metadata::{
+    BlobCandidate, GcParams, INLINE_STORAGE_KEY, RepoDigest, RunProgress, RunRecord, now_ms,
+};
 use kura_oci::ErrorCode;
 use serde::{Deserialize, Serialize};
 
@@ -426,6 +428,7 @@ impl Registry {
                 count_blobs(result, &deleted);
                 let keys: Vec<(String, u64)> = deleted
                     .iter()
+                    .filter(|b| b.storage_key != INLINE_STORAGE_KEY)
                     .map(|b| (b.storage_key.clone(), b.size))
                     .collect();
                 let (done, failed) = self.delete_stored(&keys).await;

@@ -52,7 +52,13 @@ pub struct RegistryConfig {
     /// A push that takes a project's usage across this percentage of its storage limit is
     /// announced (`QuotaWarning`); 0 turns the warning off.
     pub quota_warning_percent: u8,
+    /// A blob pushed whole in one request and at most this large keeps its bytes in its
+    /// metadata row rather than in blob storage (0: never). See `uploads::finish_small`.
+    pub inline_blob_max: u64,
 }
+
+/// Default for [`RegistryConfig::inline_blob_max`]: image configs and small layers.
+pub const DEFAULT_INLINE_BLOB_MAX: u64 = 16 * 1024;
 
 /// Garbage-collection settings (`[gc]` in the configuration file).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +101,7 @@ impl Default for RegistryConfig {
             chunk_min_length: 0,
             gc: GcConfig::default(),
             quota_warning_percent: 85,
+            inline_blob_max: DEFAULT_INLINE_BLOB_MAX,
         }
     }
 }

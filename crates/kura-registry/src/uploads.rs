@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use kura_metadata::{CommitOutcome, LinkOutcome, UploadRecord, now_ms};
+use kura_metadata::{CommitOutcome, INLINE_STORAGE_KEY, LinkOutcome, UploadRecord, now_ms};
 use kura_oci::{Algorithm, Digest, ErrorCode, Hasher, RepositoryName};
 use kura_storage::{ChunkSource, StorageError, UploadPosition};
 
@@ -311,7 +311,7 @@ impl Registry {
                 return Err(mismatch(&actual));
             }
         }
-        self.record_commit(repo, &upload, digest, key, &at, recorded_size)
+        self.record_commit(repo, &upload, digest, key, None, &at, recorded_size)
             .await
     }
 
@@ -336,21 +336,42 @@ impl Registry {
             return Err(digest_mismatch(digest, &actual));
         }
         let size: u64 = data.iter().map(|c| c.len() as u64).sum();
-        let key = self.inner.store.put_blob(&upload.id, data, digest).await?;
         let mut upload = upload.clone();
         upload.size = size;
-        self.record_commit(repo, &upload, digest, key, &at, 0).await
+        if size <= self.inner.config.inline_blob_max {
+            // Kept in the metadata row: the commit's own log write makes it durable, with no
+            // file (and no inode, file sync or directory sync) per blob. The session stored
+            // nothing (`finish_upload` sends only such sessions here), so nothing is left
+            // behind in blob storage.
+            let content: Vec<u8> = data.concat();
+            return self
+                .record_commit(
+                    repo,
+                    &upload,
+                    digest,
+                    INLINE_STORAGE_KEY.to_string(),
+                    Some(&content),
+                    &at,
+                    0,
+                )
+                .await;
+        }
+        let key = self.inner.store.put_blob(&upload.id, data, digest).await?;
+        self.record_commit(repo, &upload, digest, key, None, &at, 0)
+            .await
     }
 
-    /// The metadata half of a commit, once `key` holds the verified blob: records it (ending
-    /// the session by compare-and-set against `recorded_size`), or undoes the storage side
-    /// when the commit is refused.
+    /// The metadata half of a commit, once `key` holds the verified blob (or `content` does,
+    /// with the inline key): records it (ending the session by compare-and-set against
+    /// `recorded_size`), or undoes the storage side when the commit is refused.
+    #[allow(clippy::too_many_arguments)]
     async fn record_commit(
         &self,
         repo: &RepositoryName,
         upload: &UploadRecord,
         digest: &Digest,
         key: String,
+        content: Option<&[u8]>,
         at: &UploadPosition,
         recorded_size: u64,
     ) -> Result<u64> {
@@ -362,6 +383,7 @@ impl Registry {
                 &digest.to_string(),
                 upload.size,
                 &key,
+                content,
                 &upload.id,
                 recorded_size,
             )
@@ -374,24 +396,18 @@ impl Registry {
             CommitOutcome::QuotaExceeded(exceeded) => {
                 // Nothing was recorded: drop the bytes and the session, so a refused push
                 // leaves nothing behind (and nothing counted).
-                if let Err(e) = self.inner.store.delete_blob(&key).await {
-                    tracing::warn!(%key, error = %e, "could not remove a blob refused by quota");
-                }
+                self.drop_copy(&key, "a blob refused by quota").await;
                 self.discard_upload(&upload.id, at).await;
                 return Err(self.quota_refused(repo, &exceeded));
             }
             CommitOutcome::UploadChanged => {
-                if let Err(e) = self.inner.store.delete_blob(&key).await {
-                    tracing::warn!(%key, error = %e, "could not remove a blob whose upload changed");
-                }
+                self.drop_copy(&key, "a blob whose upload changed").await;
                 return Err(RegistryError::upload_changed());
             }
         };
         if recorded != key {
             // The same content was committed earlier under another key: keep one copy.
-            if let Err(e) = self.inner.store.delete_blob(&key).await {
-                tracing::warn!(%key, error = %e, "could not remove a duplicate blob copy");
-            }
+            self.drop_copy(&key, "a duplicate blob copy").await;
         }
         self.emit(RegistryEvent::BlobPushed {
             repository: repo.to_string(),
@@ -399,6 +415,16 @@ impl Registry {
             size: upload.size,
         });
         Ok(upload.size)
+    }
+
+    /// Removes the stored copy a commit did not record (none for an inline blob).
+    async fn drop_copy(&self, key: &str, what: &str) {
+        if key == INLINE_STORAGE_KEY {
+            return;
+        }
+        if let Err(e) = self.inner.store.delete_blob(key).await {
+            tracing::warn!(%key, error = %e, "could not remove {what}");
+        }
     }
 
     /// Single-request upload (`POST ?digest=`).

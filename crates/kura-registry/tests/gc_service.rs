@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::stream;
+use futures_util::{StreamExt, stream};
 use kura_metadata::sql::{SqlOptions, SqlStore};
 use kura_metadata::{AccessStore, LifecycleStore};
 use kura_oci::{Algorithm, Digest, ErrorCode, Reference, RepositoryName};
@@ -32,12 +32,13 @@ async fn env() -> Env {
             .await
             .unwrap(),
     );
-    let reg = Registry::new(
-        sql.clone(),
-        store.clone(),
-        RegistryConfig::default(),
-        vec![],
-    );
+    // These tests follow blobs into blob storage, so none is kept inline (see
+    // `inline_blobs_are_collected_with_their_rows`).
+    let config = RegistryConfig {
+        inline_blob_max: 0,
+        ..RegistryConfig::default()
+    };
+    let reg = Registry::new(sql.clone(), store.clone(), config, vec![]);
     Env {
         _dir: dir,
         reg,
@@ -113,6 +114,57 @@ async fn gc(reg: &Registry, req: GcRequest) -> GcResult {
     let run = reg.run_gc(req, "test").await.unwrap();
     assert_eq!(run.status, "succeeded", "{:?}", run.error);
     serde_json::from_str(&run.result).unwrap()
+}
+
+/// Small blobs kept in their metadata rows are collected like any other, and their bytes go
+/// with the row: nothing is queued for blob storage, which never held them.
+#[tokio::test]
+async fn inline_blobs_are_collected_with_their_rows() {
+    let e = env().await;
+    let reg = Registry::new(
+        e.sql.clone(),
+        e.store.clone(),
+        RegistryConfig::default(),
+        vec![],
+    );
+    let repo = name("team/app");
+    let config = push(&reg, &repo, b"{}").await;
+    let layer = push(&reg, &repo, &[1u8; 1000]).await;
+    let dangling = push(&reg, &repo, &[3u8; 3000]).await; // never referenced
+    put(
+        &reg,
+        &repo,
+        Reference::Tag("v1".into()),
+        manifest(&config, &[(&layer, 1000)], None),
+    )
+    .await;
+    assert!(e.store.list_blobs(None, 100).await.unwrap().is_empty());
+    let r = gc(&reg, now_gc()).await;
+    assert_eq!((r.blobs_deleted, r.bytes_deleted), (1, 3000));
+    assert_eq!(r.storage_errors, 0);
+    assert!(reg.stat_blob(&repo, &dangling).await.is_err());
+    assert!(e.sql.pending_blob_deletions(10).await.unwrap().is_empty());
+    // The collected blob's bytes left the database with its row.
+    let db = e._dir.path().join("kura.db");
+    let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite://{}",
+        db.display()
+    ))
+    .await
+    .unwrap();
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM blob_contents")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(kept, 2, "config and layer");
+    // What the manifest needs still reads back whole.
+    let blob = reg.stat_blob(&repo, &layer).await.unwrap();
+    let mut s = reg.read_blob(&repo, &blob, None).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(chunk) = s.next().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(got, vec![1u8; 1000]);
 }
 
 #[tokio::test]
@@ -433,7 +485,10 @@ async fn an_interrupted_run_resumes_and_finishes_queued_deletions() {
             .await
             .unwrap(),
     );
-    let mut config = RegistryConfig::default();
+    let mut config = RegistryConfig {
+        inline_blob_max: 0,
+        ..RegistryConfig::default()
+    };
     config.gc.stale_after = std::time::Duration::ZERO;
     config.gc.batch_size = 2;
     let reg = Registry::new(sql.clone(), store.clone(), config, vec![]);

@@ -236,6 +236,99 @@ async fn concurrent_pushes_of_one_blob_store_it_once() {
     }
 }
 
+async fn read_all(
+    e: &Env,
+    repo: &RepositoryName,
+    d: &Digest,
+    range: Option<(u64, u64)>,
+) -> Vec<u8> {
+    use futures_util::StreamExt;
+    let blob = e.reg.stat_blob(repo, d).await.unwrap();
+    let range = range.map(|(start, end)| kura_storage::ByteRange { start, end });
+    let mut s = e.reg.read_blob(repo, &blob, range).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = s.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    out
+}
+
+/// A blob pushed whole and no larger than `inline_blob_max` lives in its metadata row: no
+/// file, and it reads back (whole and by range) from there. One byte more goes to storage,
+/// and so does a small blob pushed in chunks.
+#[tokio::test]
+async fn small_whole_pushes_are_kept_inline() {
+    let e = env_with(RegistryConfig {
+        inline_blob_max: 64,
+        ..RegistryConfig::default()
+    })
+    .await;
+    let repo = name("team/app");
+    let at_limit: Vec<u8> = (0..64u8).collect();
+    let d = push(&e.reg, &repo, &at_limit).await;
+    let empty = push(&e.reg, &repo, b"").await;
+    assert_eq!(blob_files(&e.blobs_root), 0);
+    assert_eq!(read_all(&e, &repo, &d, None).await, at_limit);
+    assert_eq!(
+        read_all(&e, &repo, &d, Some((10, 19))).await,
+        &at_limit[10..20]
+    );
+    assert_eq!(read_all(&e, &repo, &empty, None).await, b"");
+    // A GET's lookup brings the bytes along; a HEAD's does not (`read_all` reads through
+    // that one, which looks the bytes up when asked to stream).
+    let opened = e.reg.open_blob(&repo, &d).await.unwrap();
+    assert_eq!(opened.content.as_deref(), Some(&at_limit[..]));
+    assert!(e.reg.stat_blob(&repo, &d).await.unwrap().content.is_none());
+    assert!(e.events.0.lock().unwrap().iter().any(
+        |ev| matches!(ev, RegistryEvent::BlobPulled { digest, .. } if *digest == d.to_string())
+    ));
+    // Visible only where it was pushed or mounted, like any blob.
+    assert!(e.reg.stat_blob(&name("elsewhere"), &d).await.is_err());
+    assert!(
+        e.reg
+            .mount_blob(&name("team/other"), &d, &repo)
+            .await
+            .unwrap()
+    );
+    assert_eq!(read_all(&e, &name("team/other"), &d, None).await, at_limit);
+
+    let over: Vec<u8> = (0..65u8).collect();
+    let d_over = push(&e.reg, &repo, &over).await;
+    assert_eq!(blob_files(&e.blobs_root), 1);
+    assert_eq!(read_all(&e, &repo, &d_over, None).await, over);
+
+    let chunked = b"in two chunks".to_vec();
+    let d_chunked = Algorithm::Sha256.digest_of(&chunked);
+    let up = e.reg.start_upload(&repo).await.unwrap();
+    e.reg
+        .append_upload(
+            &repo,
+            &up.id,
+            Some(0),
+            &mut chunks(vec![chunked[..4].to_vec()]),
+        )
+        .await
+        .unwrap();
+    e.reg
+        .finish_upload(
+            &repo,
+            &up.id,
+            &d_chunked,
+            Some(4),
+            Some(&mut chunks(vec![chunked[4..].to_vec()])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(blob_files(&e.blobs_root), 2);
+    assert_eq!(read_all(&e, &repo, &d_chunked, None).await, chunked);
+    // The same bytes pushed whole later keep the stored copy the first commit recorded.
+    push(&e.reg, &name("team/third"), &chunked).await;
+    assert_eq!(
+        read_all(&e, &name("team/third"), &d_chunked, None).await,
+        chunked
+    );
+}
+
 #[tokio::test]
 async fn mount_links_only_what_the_source_sees() {
     let e = env().await;

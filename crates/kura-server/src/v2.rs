@@ -521,7 +521,11 @@ async fn get_blob(
 ) -> ApiResult {
     let repo = parse_name(name)?;
     let digest = parse_digest(digest)?;
-    let blob = state.registry.stat_blob(&repo, &digest).await?;
+    let blob = if head {
+        state.registry.stat_blob(&repo, &digest).await?
+    } else {
+        state.registry.open_blob(&repo, &digest).await?
+    };
     let size = blob.size;
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let digest_s = digest.to_string();

@@ -83,7 +83,15 @@ async fn main() {
                 let pos = store.append_upload(&id, &pos, &mut chunk).await.unwrap();
                 let key = store.commit_upload(&id, &pos, &digest).await.unwrap();
                 let outcome = meta
-                    .commit_blob(repo, &digest.to_string(), pos.size, &key, &id, pos.size)
+                    .commit_blob(
+                        repo,
+                        &digest.to_string(),
+                        pos.size,
+                        &key,
+                        None,
+                        &id,
+                        pos.size,
+                    )
                     .await
                     .unwrap();
                 assert!(matches!(outcome, CommitOutcome::Committed { .. }));

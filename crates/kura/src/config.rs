@@ -158,6 +158,7 @@ pub struct StorageSection {
     pub backend: Option<String>,
     pub path: Option<PathBuf>,
     pub durability: Option<DurabilityMode>,
+    pub inline_max_bytes: Option<u64>,
     #[serde(default)]
     pub s3: S3Section,
 }
@@ -268,6 +269,10 @@ pub struct ServeArgs {
     /// Durability of acknowledged pushes [default: strict].
     #[arg(long, env = "KURA_DURABILITY", value_enum)]
     pub durability: Option<DurabilityMode>,
+    /// Blobs pushed whole in one request and at most this many bytes are kept in the
+    /// metadata database instead of blob storage; 0 turns this off [default: 16384].
+    #[arg(long, env = "KURA_STORAGE_INLINE_MAX_BYTES")]
+    pub storage_inline_max_bytes: Option<u64>,
     /// Metadata database URL, sqlite://PATH or postgres://... [default: sqlite://DATA_DIR/kura.db].
     #[arg(long, env = "KURA_METADATA_URL")]
     pub metadata_url: Option<String>,
@@ -365,6 +370,7 @@ pub struct Settings {
     pub storage_backend: StorageBackend,
     pub storage_path: PathBuf,
     pub durability: DurabilityMode,
+    pub inline_blob_max: u64,
     pub metadata_url: String,
     pub metadata_max_connections: u32,
     pub auth_mode: AuthModeSetting,
@@ -582,6 +588,10 @@ impl Settings {
                 .durability
                 .or(file.storage.durability)
                 .unwrap_or(DurabilityMode::Strict),
+            inline_blob_max: args
+                .storage_inline_max_bytes
+                .or(file.storage.inline_max_bytes)
+                .unwrap_or(kura_registry::DEFAULT_INLINE_BLOB_MAX),
             metadata_url,
             metadata_max_connections: args
                 .metadata_max_connections
@@ -631,6 +641,7 @@ mod tests {
         assert_eq!(s.metadata_url, "sqlite://./kura-data/kura.db");
         assert_eq!(s.max_manifest_size, 4 * 1024 * 1024);
         assert_eq!(s.durability, DurabilityMode::Strict);
+        assert_eq!(s.inline_blob_max, 16 * 1024);
     }
 
     #[test]

@@ -116,6 +116,7 @@ pub(crate) fn registry(
             chunk_min_length: s.chunk_min_length,
             gc: s.gc.clone(),
             quota_warning_percent: s.quota_warning_percent,
+            inline_blob_max: s.inline_blob_max,
         },
         sinks,
     )

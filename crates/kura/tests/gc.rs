@@ -274,6 +274,10 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Committed blob files of a filesystem-backed server (`DATA_DIR/blobs/blobs/...`).
+/// Flags for tests that follow blobs into blob storage: no blob is kept inline in the
+/// metadata database (which small pushes otherwise are, `storage.inline_max_bytes`).
+const NO_INLINE: [&str; 2] = ["--storage-inline-max-bytes", "0"];
+
 fn blob_files(data_dir: &Path) -> Vec<PathBuf> {
     files_under(&data_dir.join("blobs").join("blobs"))
 }
@@ -323,6 +327,8 @@ const ACTIVITY: Duration = Duration::from_secs(6);
 /// ...and at most, while no GC run has collected anything yet (slow backends: a round takes
 /// longer there, so deleted images get older than the grace period later).
 const MAX_ACTIVITY: Duration = Duration::from_secs(20);
+/// Blobs up to this size are kept inline in the online test; the others are files.
+const ONLINE_INLINE_MAX: u64 = 2048;
 
 #[derive(Debug, Default)]
 struct ClientStats {
@@ -594,11 +600,14 @@ async fn online_gc_under_concurrent_pushes_and_deletes_loses_nothing_and_frees_t
     let started = Instant::now();
     let grace_secs = online_grace_secs();
     let grace = grace_secs.to_string();
+    // Blobs up to 2 KiB are kept inline, the rest as files: GC must free both kinds.
     let srv = start_local(&[
         "--gc-grace-secs",
         &grace,
         "--gc-deleted-manifest-retention-secs",
         "0",
+        "--storage-inline-max-bytes",
+        &ONLINE_INLINE_MAX.to_string(),
     ]);
     let reg = Reg::new(&srv);
     reg.create_project(&Cred::admin(), "gc", false).await;
@@ -693,9 +702,14 @@ async fn online_gc_under_concurrent_pushes_and_deletes_loses_nothing_and_frees_t
     assert_eq!(total(&t, "pending_deletions"), 0, "{t}");
     if is_fs() {
         let files = blob_files(&srv.data_dir);
+        let stored = expected
+            .values()
+            .filter(|&&size| size > ONLINE_INLINE_MAX)
+            .count();
+        assert!(stored > 0 && stored < expected.len(), "{expected:?}");
         assert_eq!(
             files.len(),
-            expected.len(),
+            stored,
             "blob files on disk after GC: {files:?}"
         );
         let uploads = files_under(&srv.data_dir.join("blobs").join("uploads"));
@@ -729,7 +743,7 @@ async fn online_gc_under_concurrent_pushes_and_deletes_loses_nothing_and_frees_t
 /// A dry run reports exactly what the real run then removes, and removes nothing itself.
 #[tokio::test]
 async fn dry_run_predicts_the_real_run_exactly_and_removes_nothing() {
-    let srv = start_local(&[]);
+    let srv = start_local(&NO_INLINE);
     let reg = Reg::new(&srv);
     reg.create_project(&Cred::admin(), "dry", false).await;
     let shared = random_bytes(700);
@@ -1156,7 +1170,7 @@ fn kura_gc(data_dir: &Path, flags: &[&str]) -> Value {
 fn start_local_in(data_dir: &Path) -> KuraServer {
     KuraServer::start_in(
         data_dir,
-        &["--auth-mode", "local"],
+        &["--auth-mode", "local", NO_INLINE[0], NO_INLINE[1]],
         &[("KURA_ADMIN_PASSWORD", ADMIN_PASSWORD)],
     )
 }
@@ -1704,7 +1718,7 @@ async fn failed_storage_deletes_are_retried_by_the_next_run() {
         eprintln!("skipped: makes a blob file undeletable in the filesystem backend");
         return;
     }
-    let srv = start_local(&[]);
+    let srv = start_local(&NO_INLINE);
     let reg = Reg::new(&srv);
     let admin = Cred::admin();
     reg.create_project(&admin, "stuck", false).await;
