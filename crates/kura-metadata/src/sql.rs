@@ -74,6 +74,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("migrations/sqlite/0007_inline_blobs.sql"),
         include_str!("migrations/postgres/0007_inline_blobs.sql"),
     ),
+    (
+        8,
+        "commit_checks",
+        include_str!("migrations/sqlite/0008_commit_checks.sql"),
+        include_str!("migrations/postgres/0008_commit_checks.sql"),
+    ),
 ];
 
 /// Key of the PostgreSQL advisory lock that serializes migrations across replicas.
@@ -346,6 +352,10 @@ enum UploadRepository<'a> {
 
 pub struct SqlStore {
     pub(crate) pools: Pools,
+    /// Repositories whose last blob commit found a storage limit on their project (SQLite
+    /// only): their commits take the checked batch at once instead of trying the one-trip
+    /// batch first. Only a hint: every batch checks the limit itself.
+    limited_repositories: std::sync::Mutex<std::collections::HashSet<i64>>,
 }
 
 impl SqlStore {
@@ -393,7 +403,10 @@ impl SqlStore {
                 "unsupported metadata URL {url:?}: use sqlite://PATH or postgres://..."
             )));
         };
-        let store = SqlStore { pools };
+        let store = SqlStore {
+            pools,
+            limited_repositories: Default::default(),
+        };
         store.migrate().await?;
         if let Pools::Sqlite { wal: Some(wal), .. } = &store.pools {
             wal.barrier().await?;
@@ -1020,6 +1033,91 @@ fn upload_from_row(r: UploadRow) -> UploadRecord {
     }
 }
 
+/// Entries of [`SqlStore::limited_repositories`] kept at most (then it starts over).
+const LIMITED_REPOSITORIES_MAX: usize = 4096;
+
+/// The check named in an error from a batch that inserted into `commit_checks`.
+fn failed_check(e: &sqlx::Error) -> Option<&'static str> {
+    let message = e.as_database_error()?.message();
+    ["storage_limit", "upload_changed"]
+        .into_iter()
+        .find(|check| message.contains(&format!("commit_checks.{check}")))
+}
+
+/// A blob commit on SQLite in one round trip, for a repository whose project has no storage
+/// limit (the common case): the batch ends with its own COMMIT, and each check that would
+/// refuse the commit stops the batch instead (`commit_checks`, migration 8). `None`: the
+/// project has a limit after all, nothing was recorded, and the checked batch
+/// ([`commit_blob_batched`]), which reports usage, must do the commit.
+#[allow(clippy::too_many_arguments)]
+async fn commit_blob_unlimited(
+    write: &mut SqliteConn<'_>,
+    repository_id: i64,
+    digest: &str,
+    size: u64,
+    storage_key: &str,
+    content: Option<&[u8]>,
+    upload_id: &str,
+    recorded_size: u64,
+) -> Result<Option<CommitOutcome>> {
+    // The statements of `commit_blob_batched`, with the limit and the session's
+    // compare-and-set as checks rather than facts. $8 is the recorded size.
+    const SQL: &str = "\
+        BEGIN; \
+        INSERT INTO commit_checks (storage_limit) SELECT NULL FROM repositories r \
+        JOIN projects p ON p.name = r.project WHERE r.id = $2 AND p.storage_limit IS NOT NULL; \
+        DELETE FROM uploads WHERE id = $1 AND size = $8; \
+        INSERT INTO commit_checks (upload_changed) SELECT NULL FROM uploads WHERE id = $1; \
+        INSERT INTO blobs (digest, size, storage_key, created_at, touched_at) \
+        VALUES ($3, $4, $5, $6, $6) ON CONFLICT (digest) \
+        DO UPDATE SET touched_at = excluded.touched_at RETURNING storage_key; \
+        INSERT INTO blob_contents (digest, content) SELECT $3, $7 \
+        WHERE $7 IS NOT NULL AND EXISTS (SELECT 1 FROM blobs WHERE digest = $3 AND storage_key = $5) \
+        ON CONFLICT (digest) DO NOTHING; \
+        INSERT INTO repository_blobs (repository_id, digest, created_at, touched_at) \
+        VALUES ($2, $3, $6, $6) ON CONFLICT (repository_id, digest) \
+        DO UPDATE SET touched_at = excluded.touched_at; \
+        COMMIT;";
+    let now = now_ms();
+    write.begin_in_batch();
+    let result: Result<Vec<(String,)>, sqlx::Error> = sqlx::query_as(SQL)
+        .bind(upload_id)
+        .bind(repository_id)
+        .bind(digest)
+        .bind(size as i64)
+        .bind(storage_key)
+        .bind(now)
+        .bind(content)
+        .bind(recorded_size as i64)
+        .fetch_all(&mut **write)
+        .await;
+    let rows = match result {
+        Ok(rows) => rows,
+        Err(e) => {
+            let check = failed_check(&e);
+            if check.is_none() {
+                // Not a check: the guard closes the connection, open transaction and all.
+                return Err(e.into());
+            }
+            write.end_transaction(false).await?;
+            return Ok(match check {
+                Some("upload_changed") => Some(CommitOutcome::UploadChanged),
+                _ => None,
+            });
+        }
+    };
+    write.transaction_ended();
+    let recorded = rows
+        .into_iter()
+        .next()
+        .map(|r| r.0)
+        .ok_or_else(|| MetadataError::Config("blob commit returned no storage key".into()))?;
+    Ok(Some(CommitOutcome::Committed {
+        storage_key: recorded,
+        usage: None,
+    }))
+}
+
 /// A blob commit on SQLite in two round trips to its thread (BEGIN with one batch, then
 /// COMMIT or ROLLBACK), for the same reason as [`put_manifest_batched`]: the single write
 /// connection is held for the whole transaction, and every small push makes one. The batch writes first and returns what
@@ -1530,17 +1628,64 @@ impl MetadataStore for SqlStore {
         recorded_size: u64,
     ) -> Result<CommitOutcome> {
         if let Pools::Sqlite { write, wal, .. } = &self.pools {
-            let outcome = commit_blob_batched(
-                &mut write.get().await?,
-                repository_id,
-                digest,
-                size,
-                storage_key,
-                content,
-                upload_id,
-                recorded_size,
-            )
-            .await?;
+            let mut conn = write.get().await?;
+            let limited = {
+                let set = self
+                    .limited_repositories
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                set.contains(&repository_id)
+            };
+            let quick = if limited {
+                None
+            } else {
+                commit_blob_unlimited(
+                    &mut conn,
+                    repository_id,
+                    digest,
+                    size,
+                    storage_key,
+                    content,
+                    upload_id,
+                    recorded_size,
+                )
+                .await?
+            };
+            let outcome = match quick {
+                Some(outcome) => outcome,
+                None => {
+                    let outcome = commit_blob_batched(
+                        &mut conn,
+                        repository_id,
+                        digest,
+                        size,
+                        storage_key,
+                        content,
+                        upload_id,
+                        recorded_size,
+                    )
+                    .await?;
+                    let mut set = self
+                        .limited_repositories
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    let has_limit = matches!(
+                        outcome,
+                        CommitOutcome::QuotaExceeded(_)
+                            | CommitOutcome::Committed { usage: Some(_), .. }
+                    );
+                    if has_limit {
+                        if set.len() >= LIMITED_REPOSITORIES_MAX {
+                            set.clear();
+                        }
+                        set.insert(repository_id);
+                    } else if !matches!(outcome, CommitOutcome::UploadChanged) {
+                        set.remove(&repository_id);
+                    }
+                    outcome
+                }
+            };
+            drop(conn);
             if let Some(wal) = wal {
                 wal.barrier().await?;
             }
@@ -2272,6 +2417,59 @@ mod tests {
         if let Some(s) = postgres().await {
             inline_blobs_on(s).await;
         }
+    }
+
+    /// On SQLite a commit in a project without a limit is one batch with its own COMMIT; a
+    /// limit (even one set since the last commit) sends it through the checked batch, which
+    /// reports usage and refuses growth past the limit; the hint follows the limit.
+    #[tokio::test]
+    async fn blob_commits_follow_storage_limits_as_they_change() {
+        let (_d, s) = sqlite().await;
+        s.create_project("team", false).await.unwrap().unwrap();
+        let repo = s.ensure_repository("team/app").await.unwrap();
+        let hinted = |s: &SqlStore| s.limited_repositories.lock().unwrap().contains(&repo);
+        let d = |i: usize| digest_of(1000 + i);
+        let commit = |i: usize, size: u64| {
+            let s = &s;
+            async move {
+                s.commit_blob(repo, &d(i), size, &format!("k{i}"), None, "none", 0)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert!(matches!(
+            commit(0, 10).await,
+            CommitOutcome::Committed { usage: None, .. }
+        ));
+        assert!(!hinted(&s));
+        assert!(s.set_storage_limit("team", Some(25)).await.unwrap());
+        let CommitOutcome::Committed { usage: Some(u), .. } = commit(1, 10).await else {
+            panic!("a commit under a limit reports usage");
+        };
+        assert_eq!((u.before, u.after, u.limit), (10, 20, 25));
+        assert!(hinted(&s));
+        assert!(matches!(
+            commit(2, 10).await,
+            CommitOutcome::QuotaExceeded(_)
+        ));
+        assert!(s.repository_blob(repo, &d(2)).await.unwrap().is_none());
+        assert!(s.set_storage_limit("team", None).await.unwrap());
+        assert!(matches!(
+            commit(2, 10).await,
+            CommitOutcome::Committed { usage: None, .. }
+        ));
+        assert!(!hinted(&s));
+        // A session that moved on is refused by either batch, leaving the blob unrecorded.
+        s.create_upload(&upload("moved", repo)).await.unwrap();
+        assert!(s.advance_upload("moved", 0, 5, &[1], "").await.unwrap());
+        assert_eq!(
+            s.commit_blob(repo, &d(3), 5, "k3", None, "moved", 0)
+                .await
+                .unwrap(),
+            CommitOutcome::UploadChanged
+        );
+        assert!(s.repository_blob(repo, &d(3)).await.unwrap().is_none());
+        assert_eq!(s.upload("moved").await.unwrap().unwrap().size, 5);
     }
 
     /// A blob committed with its bytes keeps them in its row, and the first commit of a

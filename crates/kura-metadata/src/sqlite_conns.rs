@@ -115,6 +115,12 @@ impl SqliteConn<'_> {
         self.raw_transaction = true;
     }
 
+    /// Notes that the batch marked by [`SqliteConn::begin_in_batch`] ended its transaction
+    /// itself (its last statement was `COMMIT`, and it ran to the end).
+    pub(crate) fn transaction_ended(&mut self) {
+        self.raw_transaction = false;
+    }
+
     /// Ends the transaction marked by [`SqliteConn::begin_in_batch`] with `COMMIT` or
     /// `ROLLBACK`.
     pub(crate) async fn end_transaction(&mut self, commit: bool) -> Result<()> {

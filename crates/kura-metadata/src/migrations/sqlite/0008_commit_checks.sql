@@ -1,0 +1,8 @@
+-- Never holds a row. A batch that must stop when a check fails inserts NULL into the column
+-- named for the check: the NOT NULL constraint turns that into an error that names it, the
+-- batch stops there, and the caller rolls back. That lets a commit whose checks pass end
+-- with its own COMMIT, one round trip to SQLite's thread instead of two (`sql.rs`).
+CREATE TABLE commit_checks (
+    storage_limit  INTEGER NOT NULL,
+    upload_changed INTEGER NOT NULL
+);
