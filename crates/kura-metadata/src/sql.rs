@@ -1039,9 +1039,14 @@ const LIMITED_REPOSITORIES_MAX: usize = 4096;
 /// The check named in an error from a batch that inserted into `commit_checks`.
 fn failed_check(e: &sqlx::Error) -> Option<&'static str> {
     let message = e.as_database_error()?.message();
-    ["storage_limit", "upload_changed"]
-        .into_iter()
-        .find(|check| message.contains(&format!("commit_checks.{check}")))
+    [
+        "storage_limit",
+        "upload_changed",
+        "missing_reference",
+        "tag_immutable",
+    ]
+    .into_iter()
+    .find(|check| message.contains(&format!("commit_checks.{check}")))
 }
 
 /// A blob commit on SQLite in one round trip, for a repository whose project has no storage
@@ -1216,6 +1221,100 @@ async fn commit_blob_batched(
 fn distinct(v: &[String]) -> Vec<&str> {
     let set: std::collections::BTreeSet<&str> = v.iter().map(String::as_str).collect();
     set.into_iter().collect()
+}
+
+/// A manifest PUT on SQLite in one round trip: the statements of [`put_manifest_batched`]
+/// with its refusals as checks that stop the batch (`commit_checks`, migration 8), and the
+/// batch's own COMMIT at the end. `None`: a reference is missing and nothing was recorded;
+/// the caller asks [`put_manifest_batched`], which lists what is missing.
+async fn put_manifest_checked(
+    write: &mut SqliteConn<'_>,
+    m: &NewManifest,
+    blobs: &[&str],
+    manifests: &[&str],
+) -> Result<Option<PutManifestOutcome>> {
+    // As in `put_manifest_batched`; $13 is whether the tag is immutable. A missing reference
+    // is checked before the tag, as there.
+    const SQL: &str = "\
+        BEGIN; \
+        SELECT 'previous', digest FROM tags WHERE repository_id = $1 AND name = $4; \
+        SELECT 'existed', digest FROM manifests WHERE repository_id = $1 AND digest = $2; \
+        UPDATE repository_blobs SET touched_at = $3 \
+        WHERE repository_id = $1 AND digest IN (SELECT value FROM json_each($11)); \
+        UPDATE manifests SET touched_at = $3 \
+        WHERE repository_id = $1 AND digest IN (SELECT value FROM json_each($12)); \
+        INSERT INTO commit_checks (missing_reference) \
+        SELECT NULL FROM json_each($11) j WHERE NOT EXISTS \
+        (SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = j.value) \
+        UNION ALL SELECT NULL FROM json_each($12) j WHERE NOT EXISTS \
+        (SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = j.value); \
+        INSERT INTO commit_checks (tag_immutable) SELECT NULL FROM tags \
+        WHERE $13 AND repository_id = $1 AND name = $4 AND digest <> $2; \
+        INSERT INTO manifests (repository_id, digest, media_type, size, payload, \
+        artifact_type, subject_digest, annotations, created_at, touched_at) \
+        VALUES ($1, $2, $5, $6, $7, $8, $9, $10, $3, $3) \
+        ON CONFLICT (repository_id, digest) DO UPDATE SET touched_at = excluded.touched_at; \
+        DELETE FROM deleted_manifests WHERE repository_id = $1 AND digest = $2; \
+        INSERT INTO manifest_references (repository_id, manifest_digest, child_digest, child_kind) \
+        SELECT $1, $2, value, 'blob' FROM json_each($11) \
+        UNION ALL SELECT $1, $2, value, 'manifest' FROM json_each($12) \
+        WHERE true ON CONFLICT DO NOTHING; \
+        INSERT INTO tag_history (repository_id, tag, digest, previous_digest, changed_at) \
+        SELECT $1, $4, $2, (SELECT digest FROM tags WHERE repository_id = $1 AND name = $4), $3 \
+        WHERE $4 IS NOT NULL AND NOT EXISTS \
+        (SELECT 1 FROM tags WHERE repository_id = $1 AND name = $4 AND digest = $2); \
+        INSERT INTO tags (repository_id, name, digest, updated_at) \
+        SELECT $1, $4, $2, $3 WHERE $4 IS NOT NULL \
+        ON CONFLICT (repository_id, name) \
+        DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at \
+        WHERE tags.digest <> excluded.digest; \
+        COMMIT;";
+    let json = |v: &[&str]| serde_json::to_string(v).expect("strings serialize");
+    let now = now_ms();
+    write.begin_in_batch();
+    let result = sqlx::query_as::<_, (String, String)>(SQL)
+        .bind(m.repository_id)
+        .bind(&m.digest)
+        .bind(now)
+        .bind(&m.tag)
+        .bind(&m.media_type)
+        .bind(m.payload.len() as i64)
+        .bind(&m.payload)
+        .bind(&m.artifact_type)
+        .bind(&m.subject_digest)
+        .bind(&m.annotations)
+        .bind(json(blobs))
+        .bind(json(manifests))
+        .bind(m.immutable_tag)
+        .fetch_all(&mut **write)
+        .await;
+    let rows = match result {
+        Ok(rows) => rows,
+        Err(e) => {
+            let check = failed_check(&e);
+            if check.is_none() {
+                // Not a check: the guard closes the connection, open transaction and all.
+                return Err(e.into());
+            }
+            write.end_transaction(false).await?;
+            return Ok(match check {
+                Some("tag_immutable") => Some(PutManifestOutcome::TagImmutable),
+                _ => None,
+            });
+        }
+    };
+    write.transaction_ended();
+    let previous = rows
+        .iter()
+        .find(|(w, _)| w == "previous")
+        .map(|(_, d)| d.clone());
+    let existed = rows.iter().any(|(w, _)| w == "existed");
+    let tag_changed = m.tag.is_some() && previous.as_deref() != Some(m.digest.as_str());
+    Ok(Some(PutManifestOutcome::Stored {
+        created: !existed,
+        tag_changed,
+        previous_tag_target: previous.filter(|d| *d != m.digest),
+    }))
 }
 
 /// A manifest PUT on SQLite in two round trips to its thread (BEGIN with one batch, then
@@ -1860,8 +1959,13 @@ impl MetadataStore for SqlStore {
         let blobs = distinct(&m.blob_refs);
         let manifests = distinct(&m.manifest_refs);
         if let Pools::Sqlite { write, wal, .. } = &self.pools {
-            let outcome =
-                put_manifest_batched(&mut write.get().await?, m, &blobs, &manifests).await?;
+            let mut conn = write.get().await?;
+            let outcome = match put_manifest_checked(&mut conn, m, &blobs, &manifests).await? {
+                Some(outcome) => outcome,
+                // A reference is missing: the fact-returning batch says which.
+                None => put_manifest_batched(&mut conn, m, &blobs, &manifests).await?,
+            };
+            drop(conn);
             if let Some(wal) = wal {
                 wal.barrier().await?;
             }
@@ -2470,6 +2574,71 @@ mod tests {
         );
         assert!(s.repository_blob(repo, &d(3)).await.unwrap().is_none());
         assert_eq!(s.upload("moved").await.unwrap().unwrap().size, 5);
+    }
+
+    /// The one-trip batches name the check that stopped them, roll back, and leave the
+    /// connection usable.
+    #[tokio::test]
+    async fn one_trip_batches_name_the_check_that_stopped_them() {
+        let (_d, s) = sqlite().await;
+        let Pools::Sqlite { write, .. } = &s.pools else {
+            unreachable!()
+        };
+        let repo = s.ensure_repository("one/trip").await.unwrap();
+        s.create_upload(&upload("moved", repo)).await.unwrap();
+        assert!(s.advance_upload("moved", 0, 5, &[1], "").await.unwrap());
+        let mut conn = write.get().await.unwrap();
+        let d = digest_of(77);
+        let outcome = commit_blob_unlimited(&mut conn, repo, &d, 5, "k", None, "moved", 0)
+            .await
+            .unwrap();
+        assert_eq!(outcome, Some(CommitOutcome::UploadChanged));
+        let outcome = commit_blob_unlimited(&mut conn, repo, &d, 5, "k", None, "moved", 5)
+            .await
+            .unwrap();
+        assert!(matches!(
+            outcome,
+            Some(CommitOutcome::Committed { usage: None, .. })
+        ));
+        let m = |digest: &str, blobs: Vec<String>, immutable: bool| NewManifest {
+            repository_id: repo,
+            digest: digest.into(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            payload: b"{}".to_vec(),
+            artifact_type: None,
+            subject_digest: None,
+            annotations: None,
+            blob_refs: blobs,
+            manifest_refs: vec![],
+            tag: Some("v1".into()),
+            immutable_tag: immutable,
+        };
+        fn refs(m: &NewManifest) -> Vec<&str> {
+            m.blob_refs.iter().map(String::as_str).collect()
+        }
+        let missing = m(M1, vec![digest_of(78)], false);
+        let outcome = put_manifest_checked(&mut conn, &missing, &refs(&missing), &[])
+            .await
+            .unwrap();
+        assert_eq!(outcome, None);
+        let first = m(M1, vec![d.clone()], true);
+        let outcome = put_manifest_checked(&mut conn, &first, &refs(&first), &[])
+            .await
+            .unwrap();
+        assert!(matches!(
+            outcome,
+            Some(PutManifestOutcome::Stored { created: true, .. })
+        ));
+        let other = m(&digest_of(79), vec![d.clone()], true);
+        let outcome = put_manifest_checked(&mut conn, &other, &refs(&other), &[])
+            .await
+            .unwrap();
+        assert_eq!(outcome, Some(PutManifestOutcome::TagImmutable));
+        drop(conn);
+        let tag = s
+            .find_manifest("one/trip", ManifestKey::Tag("v1"), false)
+            .await;
+        assert_eq!(tag.unwrap().unwrap().digest, M1);
     }
 
     /// A blob committed with its bytes keeps them in its row, and the first commit of a
