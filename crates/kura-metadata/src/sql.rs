@@ -1033,8 +1033,83 @@ fn upload_from_row(r: UploadRow) -> UploadRecord {
     }
 }
 
+/// The arguments of [`MetadataStore::commit_blob`], for the SQLite batches.
+struct BlobCommit<'a> {
+    repository_id: i64,
+    digest: &'a str,
+    size: u64,
+    storage_key: &'a str,
+    content: Option<&'a [u8]>,
+    upload_id: &'a str,
+    recorded_size: u64,
+}
+
+/// The rows a blob batch returns: `(what, number, text)`.
+type BlobBatchRow = (String, Option<i64>, Option<String>);
+
+impl<'a> BlobCommit<'a> {
+    /// A blob batch's query with $1 (the upload) and the parameters of `blob_writes!` bound.
+    fn batch(
+        &self,
+        sql: &'static str,
+        now: i64,
+    ) -> sqlx::query::QueryAs<'a, sqlx::Sqlite, BlobBatchRow, sqlx::sqlite::SqliteArguments> {
+        sqlx::query_as(sql)
+            .bind(self.upload_id)
+            .bind(self.repository_id)
+            .bind(self.digest)
+            .bind(self.size as i64)
+            .bind(self.storage_key)
+            .bind(now)
+            .bind(self.content)
+    }
+}
+
+/// The writes of a blob commit on SQLite, shared by [`commit_blob_unlimited`] and
+/// [`commit_blob_batched`]: $2 repository, $3 digest, $4 size, $5 storage key, $6 now,
+/// $7 inline content. Returns `('key', NULL, recorded storage key)`. An earlier commit of the
+/// digest wins (the caller drops its copy), and touching it keeps a concurrent GC from taking
+/// it (see migration 5); DO UPDATE (not DO NOTHING) so that RETURNING yields the row in both
+/// cases. Inline bytes are kept only when the blob's row is inline (this commit's, or an
+/// earlier inline commit's, whose bytes are the same): an earlier stored copy wins.
+macro_rules! blob_writes {
+    () => {
+        "INSERT INTO blobs (digest, size, storage_key, created_at, touched_at) \
+        VALUES ($3, $4, $5, $6, $6) ON CONFLICT (digest) \
+        DO UPDATE SET touched_at = excluded.touched_at RETURNING 'key', NULL, storage_key; \
+        INSERT INTO blob_contents (digest, content) SELECT $3, $7 \
+        WHERE $7 IS NOT NULL AND EXISTS (SELECT 1 FROM blobs WHERE digest = $3 AND storage_key = $5) \
+        ON CONFLICT (digest) DO NOTHING; \
+        INSERT INTO repository_blobs (repository_id, digest, created_at, touched_at) \
+        VALUES ($2, $3, $6, $6) ON CONFLICT (repository_id, digest) \
+        DO UPDATE SET touched_at = excluded.touched_at;"
+    };
+}
+
 /// Entries of [`SqlStore::limited_repositories`] kept at most (then it starts over).
 const LIMITED_REPOSITORIES_MAX: usize = 4096;
+
+/// The end of a one-trip batch (one that ends with its own COMMIT): its rows, or the name of
+/// the check that stopped it, after rolling back. Any other error is returned as it is, and
+/// the connection's guard closes the connection, open transaction and all.
+async fn end_checked<T>(
+    write: &mut SqliteConn<'_>,
+    result: Result<T, sqlx::Error>,
+) -> Result<Result<T, &'static str>> {
+    match result {
+        Ok(rows) => {
+            write.transaction_ended();
+            Ok(Ok(rows))
+        }
+        Err(e) => match failed_check(&e) {
+            Some(check) => {
+                write.end_transaction(false).await?;
+                Ok(Err(check))
+            }
+            None => Err(e.into()),
+        },
+    }
+}
 
 /// The check named in an error from a batch that inserted into `commit_checks`.
 fn failed_check(e: &sqlx::Error) -> Option<&'static str> {
@@ -1054,68 +1129,37 @@ fn failed_check(e: &sqlx::Error) -> Option<&'static str> {
 /// refuse the commit stops the batch instead (`commit_checks`, migration 8). `None`: the
 /// project has a limit after all, nothing was recorded, and the checked batch
 /// ([`commit_blob_batched`]), which reports usage, must do the commit.
-#[allow(clippy::too_many_arguments)]
 async fn commit_blob_unlimited(
     write: &mut SqliteConn<'_>,
-    repository_id: i64,
-    digest: &str,
-    size: u64,
-    storage_key: &str,
-    content: Option<&[u8]>,
-    upload_id: &str,
-    recorded_size: u64,
+    c: &BlobCommit<'_>,
 ) -> Result<Option<CommitOutcome>> {
     // The statements of `commit_blob_batched`, with the limit and the session's
     // compare-and-set as checks rather than facts. $8 is the recorded size.
-    const SQL: &str = "\
-        BEGIN; \
+    const SQL: &str = concat!(
+        "BEGIN; \
         INSERT INTO commit_checks (storage_limit) SELECT NULL FROM repositories r \
         JOIN projects p ON p.name = r.project WHERE r.id = $2 AND p.storage_limit IS NOT NULL; \
         DELETE FROM uploads WHERE id = $1 AND size = $8; \
         INSERT INTO commit_checks (upload_changed) SELECT NULL FROM uploads WHERE id = $1; \
-        INSERT INTO blobs (digest, size, storage_key, created_at, touched_at) \
-        VALUES ($3, $4, $5, $6, $6) ON CONFLICT (digest) \
-        DO UPDATE SET touched_at = excluded.touched_at RETURNING storage_key; \
-        INSERT INTO blob_contents (digest, content) SELECT $3, $7 \
-        WHERE $7 IS NOT NULL AND EXISTS (SELECT 1 FROM blobs WHERE digest = $3 AND storage_key = $5) \
-        ON CONFLICT (digest) DO NOTHING; \
-        INSERT INTO repository_blobs (repository_id, digest, created_at, touched_at) \
-        VALUES ($2, $3, $6, $6) ON CONFLICT (repository_id, digest) \
-        DO UPDATE SET touched_at = excluded.touched_at; \
-        COMMIT;";
+        ",
+        blob_writes!(),
+        " COMMIT;"
+    );
     let now = now_ms();
     write.begin_in_batch();
-    let result: Result<Vec<(String,)>, sqlx::Error> = sqlx::query_as(SQL)
-        .bind(upload_id)
-        .bind(repository_id)
-        .bind(digest)
-        .bind(size as i64)
-        .bind(storage_key)
-        .bind(now)
-        .bind(content)
-        .bind(recorded_size as i64)
+    let result = c
+        .batch(SQL, now)
+        .bind(c.recorded_size as i64)
         .fetch_all(&mut **write)
         .await;
-    let rows = match result {
+    let rows = match end_checked(write, result).await? {
         Ok(rows) => rows,
-        Err(e) => {
-            let check = failed_check(&e);
-            if check.is_none() {
-                // Not a check: the guard closes the connection, open transaction and all.
-                return Err(e.into());
-            }
-            write.end_transaction(false).await?;
-            return Ok(match check {
-                Some("upload_changed") => Some(CommitOutcome::UploadChanged),
-                _ => None,
-            });
-        }
+        Err("upload_changed") => return Ok(Some(CommitOutcome::UploadChanged)),
+        Err(_) => return Ok(None),
     };
-    write.transaction_ended();
     let recorded = rows
         .into_iter()
-        .next()
-        .map(|r| r.0)
+        .find_map(|r| r.2)
         .ok_or_else(|| MetadataError::Config("blob commit returned no storage key".into()))?;
     Ok(Some(CommitOutcome::Committed {
         storage_key: recorded,
@@ -1127,60 +1171,34 @@ async fn commit_blob_unlimited(
 /// COMMIT or ROLLBACK), for the same reason as [`put_manifest_batched`]: the single write
 /// connection is held for the whole transaction, and every small push makes one. The batch writes first and returns what
 /// the checks need as `(what, number)` rows; a failed check rolls everything back.
-#[allow(clippy::too_many_arguments)]
 async fn commit_blob_batched(
     write: &mut SqliteConn<'_>,
-    repository_id: i64,
-    digest: &str,
-    size: u64,
-    storage_key: &str,
-    content: Option<&[u8]>,
-    upload_id: &str,
-    recorded_size: u64,
+    c: &BlobCommit<'_>,
 ) -> Result<CommitOutcome> {
-    // $1 upload, $2 repository, $3 digest, $4 size, $5 storage key, $6 now, $7 content.
-    // Inline bytes are kept only when the blob's row is inline (this commit's, or an earlier
-    // inline commit's, whose bytes are the same): an earlier stored copy wins.
+    // $1 upload, then the parameters of `blob_writes!`.
     // The DELETE ends the session and is the compare-and-set that keeps a concurrent append
     // on another replica from slipping in between this upload's last write and its commit.
     // Usage is kept by triggers on repository_blobs, so reading it before and after the link
-    // tells what the link added. An earlier commit of the digest wins (the caller drops its
-    // copy), and touching it keeps a concurrent GC from taking it (see migration 5); DO UPDATE
-    // (not DO NOTHING) so that RETURNING yields the row in both cases.
-    const SQL: &str = "\
-        BEGIN; \
+    // tells what the link added.
+    const SQL: &str = concat!(
+        "BEGIN; \
         DELETE FROM uploads WHERE id = $1 RETURNING 'session', size, NULL; \
         SELECT 'limit', p.storage_limit, NULL FROM repositories r \
         JOIN projects p ON p.name = r.project WHERE r.id = $2; \
         SELECT 'before', u.bytes, NULL FROM repositories r \
         JOIN project_usage u ON u.project = r.project WHERE r.id = $2; \
-        INSERT INTO blobs (digest, size, storage_key, created_at, touched_at) \
-        VALUES ($3, $4, $5, $6, $6) ON CONFLICT (digest) \
-        DO UPDATE SET touched_at = excluded.touched_at RETURNING 'key', NULL, storage_key; \
-        INSERT INTO blob_contents (digest, content) SELECT $3, $7 \
-        WHERE $7 IS NOT NULL AND EXISTS (SELECT 1 FROM blobs WHERE digest = $3 AND storage_key = $5) \
-        ON CONFLICT (digest) DO NOTHING; \
-        INSERT INTO repository_blobs (repository_id, digest, created_at, touched_at) \
-        VALUES ($2, $3, $6, $6) ON CONFLICT (repository_id, digest) \
-        DO UPDATE SET touched_at = excluded.touched_at; \
-        SELECT 'after', u.bytes, NULL FROM repositories r \
-        JOIN project_usage u ON u.project = r.project WHERE r.id = $2;";
+        ",
+        blob_writes!(),
+        " SELECT 'after', u.bytes, NULL FROM repositories r \
+        JOIN project_usage u ON u.project = r.project WHERE r.id = $2;"
+    );
     // Read the clock once the connection is ours: waiting for it must not age the row.
     let now = now_ms();
     write.begin_in_batch();
-    let rows: Vec<(String, Option<i64>, Option<String>)> = sqlx::query_as(SQL)
-        .bind(upload_id)
-        .bind(repository_id)
-        .bind(digest)
-        .bind(size as i64)
-        .bind(storage_key)
-        .bind(now)
-        .bind(content)
-        .fetch_all(&mut **write)
-        .await?;
+    let rows = c.batch(SQL, now).fetch_all(&mut **write).await?;
     let number = |what: &str| rows.iter().find(|r| r.0 == what).map(|r| r.1);
     if let Some(session) = number("session")
-        && session != Some(recorded_size as i64)
+        && session != Some(c.recorded_size as i64)
     {
         write.end_transaction(false).await?;
         return Ok(CommitOutcome::UploadChanged);
@@ -1223,34 +1241,29 @@ fn distinct(v: &[String]) -> Vec<&str> {
     set.into_iter().collect()
 }
 
-/// A manifest PUT on SQLite in one round trip: the statements of [`put_manifest_batched`]
-/// with its refusals as checks that stop the batch (`commit_checks`, migration 8), and the
-/// batch's own COMMIT at the end. `None`: a reference is missing and nothing was recorded;
-/// the caller asks [`put_manifest_batched`], which lists what is missing.
-async fn put_manifest_checked(
-    write: &mut SqliteConn<'_>,
-    m: &NewManifest,
-    blobs: &[&str],
-    manifests: &[&str],
-) -> Result<Option<PutManifestOutcome>> {
-    // As in `put_manifest_batched`; $13 is whether the tag is immutable. A missing reference
-    // is checked before the tag, as there.
-    const SQL: &str = "\
-        BEGIN; \
-        SELECT 'previous', digest FROM tags WHERE repository_id = $1 AND name = $4; \
+/// The first statements of a manifest PUT on SQLite, shared by [`put_manifest_checked`] and
+/// [`put_manifest_batched`]: the tag's current target and whether the manifest existed (as
+/// `(what, digest)` rows), then the touch of every reference (see migration 5). $1
+/// repository, $2 digest, $3 now, $4 tag, $11 and $12 the blob and manifest references.
+macro_rules! manifest_reads {
+    () => {
+        "SELECT 'previous', digest FROM tags WHERE repository_id = $1 AND name = $4; \
         SELECT 'existed', digest FROM manifests WHERE repository_id = $1 AND digest = $2; \
         UPDATE repository_blobs SET touched_at = $3 \
         WHERE repository_id = $1 AND digest IN (SELECT value FROM json_each($11)); \
         UPDATE manifests SET touched_at = $3 \
-        WHERE repository_id = $1 AND digest IN (SELECT value FROM json_each($12)); \
-        INSERT INTO commit_checks (missing_reference) \
-        SELECT NULL FROM json_each($11) j WHERE NOT EXISTS \
-        (SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = j.value) \
-        UNION ALL SELECT NULL FROM json_each($12) j WHERE NOT EXISTS \
-        (SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = j.value); \
-        INSERT INTO commit_checks (tag_immutable) SELECT NULL FROM tags \
-        WHERE $13 AND repository_id = $1 AND name = $4 AND digest <> $2; \
-        INSERT INTO manifests (repository_id, digest, media_type, size, payload, \
+        WHERE repository_id = $1 AND digest IN (SELECT value FROM json_each($12));"
+    };
+}
+
+/// The writes of a manifest PUT on SQLite, once its checks passed ($5..$10 the manifest's
+/// columns). An existing manifest row is only touched, a new one also gets its references
+/// and leaves the deleted-manifest grace period (a digest is never in both tables, so for an
+/// existing row that DELETE matches nothing, and its references are already there). The
+/// tag's history is written first, while the tag still shows where it pointed.
+macro_rules! manifest_writes {
+    () => {
+        "INSERT INTO manifests (repository_id, digest, media_type, size, payload, \
         artifact_type, subject_digest, annotations, created_at, touched_at) \
         VALUES ($1, $2, $5, $6, $7, $8, $9, $10, $3, $3) \
         ON CONFLICT (repository_id, digest) DO UPDATE SET touched_at = excluded.touched_at; \
@@ -1267,12 +1280,20 @@ async fn put_manifest_checked(
         SELECT $1, $4, $2, $3 WHERE $4 IS NOT NULL \
         ON CONFLICT (repository_id, name) \
         DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at \
-        WHERE tags.digest <> excluded.digest; \
-        COMMIT;";
+        WHERE tags.digest <> excluded.digest"
+    };
+}
+
+/// A manifest batch's query with its parameters $1..$12 bound (see `manifest_reads!`).
+fn manifest_batch<'q>(
+    sql: &'static str,
+    m: &'q NewManifest,
+    blobs: &[&str],
+    manifests: &[&str],
+    now: i64,
+) -> sqlx::query::QueryAs<'q, sqlx::Sqlite, (String, String), sqlx::sqlite::SqliteArguments> {
     let json = |v: &[&str]| serde_json::to_string(v).expect("strings serialize");
-    let now = now_ms();
-    write.begin_in_batch();
-    let result = sqlx::query_as::<_, (String, String)>(SQL)
+    sqlx::query_as::<_, (String, String)>(sql)
         .bind(m.repository_id)
         .bind(&m.digest)
         .bind(now)
@@ -1285,25 +1306,44 @@ async fn put_manifest_checked(
         .bind(&m.annotations)
         .bind(json(blobs))
         .bind(json(manifests))
+}
+
+/// A manifest PUT on SQLite in one round trip: the statements of [`put_manifest_batched`]
+/// with its refusals as checks that stop the batch (`commit_checks`, migration 8), and the
+/// batch's own COMMIT at the end. `None`: a reference is missing and nothing was recorded;
+/// the caller asks [`put_manifest_batched`], which lists what is missing.
+async fn put_manifest_checked(
+    write: &mut SqliteConn<'_>,
+    m: &NewManifest,
+    blobs: &[&str],
+    manifests: &[&str],
+) -> Result<Option<PutManifestOutcome>> {
+    // As in `put_manifest_batched`; $13 is whether the tag is immutable. A missing reference
+    // is checked before the tag, as there.
+    const SQL: &str = concat!(
+        "BEGIN; ",
+        manifest_reads!(),
+        " INSERT INTO commit_checks (missing_reference) \
+        SELECT NULL FROM json_each($11) j WHERE NOT EXISTS \
+        (SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = j.value) \
+        UNION ALL SELECT NULL FROM json_each($12) j WHERE NOT EXISTS \
+        (SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = j.value); \
+        INSERT INTO commit_checks (tag_immutable) SELECT NULL FROM tags \
+        WHERE $13 AND repository_id = $1 AND name = $4 AND digest <> $2; ",
+        manifest_writes!(),
+        "; COMMIT;"
+    );
+    let now = now_ms();
+    write.begin_in_batch();
+    let result = manifest_batch(SQL, m, blobs, manifests, now)
         .bind(m.immutable_tag)
         .fetch_all(&mut **write)
         .await;
-    let rows = match result {
+    let rows = match end_checked(write, result).await? {
         Ok(rows) => rows,
-        Err(e) => {
-            let check = failed_check(&e);
-            if check.is_none() {
-                // Not a check: the guard closes the connection, open transaction and all.
-                return Err(e.into());
-            }
-            write.end_transaction(false).await?;
-            return Ok(match check {
-                Some("tag_immutable") => Some(PutManifestOutcome::TagImmutable),
-                _ => None,
-            });
-        }
+        Err("tag_immutable") => return Ok(Some(PutManifestOutcome::TagImmutable)),
+        Err(_) => return Ok(None),
     };
-    write.transaction_ended();
     let previous = rows
         .iter()
         .find(|(w, _)| w == "previous")
@@ -1339,58 +1379,20 @@ async fn put_manifest_batched(
 ) -> Result<PutManifestOutcome> {
     // $1 repository, $2 digest, $3 now, $4 tag (NULL: none), $5..$10 the manifest's columns,
     // $11 the distinct blob references, $12 the distinct manifest references (JSON arrays).
-    const SQL: &str = "\
-        BEGIN; \
-        SELECT 'previous', digest FROM tags WHERE repository_id = $1 AND name = $4; \
-        SELECT 'existed', digest FROM manifests WHERE repository_id = $1 AND digest = $2; \
-        UPDATE repository_blobs SET touched_at = $3 \
-        WHERE repository_id = $1 AND digest IN (SELECT value FROM json_each($11)); \
-        UPDATE manifests SET touched_at = $3 \
-        WHERE repository_id = $1 AND digest IN (SELECT value FROM json_each($12)); \
-        SELECT 'blob', j.value FROM json_each($11) j WHERE NOT EXISTS \
+    const SQL: &str = concat!(
+        "BEGIN; ",
+        manifest_reads!(),
+        " SELECT 'blob', j.value FROM json_each($11) j WHERE NOT EXISTS \
         (SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = j.value); \
         SELECT 'manifest', j.value FROM json_each($12) j WHERE NOT EXISTS \
-        (SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = j.value); \
-        INSERT INTO manifests (repository_id, digest, media_type, size, payload, \
-        artifact_type, subject_digest, annotations, created_at, touched_at) \
-        VALUES ($1, $2, $5, $6, $7, $8, $9, $10, $3, $3) \
-        ON CONFLICT (repository_id, digest) DO UPDATE SET touched_at = excluded.touched_at; \
-        DELETE FROM deleted_manifests WHERE repository_id = $1 AND digest = $2; \
-        INSERT INTO manifest_references (repository_id, manifest_digest, child_digest, child_kind) \
-        SELECT $1, $2, value, 'blob' FROM json_each($11) \
-        UNION ALL SELECT $1, $2, value, 'manifest' FROM json_each($12) \
-        WHERE true ON CONFLICT DO NOTHING; \
-        INSERT INTO tag_history (repository_id, tag, digest, previous_digest, changed_at) \
-        SELECT $1, $4, $2, (SELECT digest FROM tags WHERE repository_id = $1 AND name = $4), $3 \
-        WHERE $4 IS NOT NULL AND NOT EXISTS \
-        (SELECT 1 FROM tags WHERE repository_id = $1 AND name = $4 AND digest = $2); \
-        INSERT INTO tags (repository_id, name, digest, updated_at) \
-        SELECT $1, $4, $2, $3 WHERE $4 IS NOT NULL \
-        ON CONFLICT (repository_id, name) \
-        DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at \
-        WHERE tags.digest <> excluded.digest;";
-    // Checking a reference is touching it (see migration 5, and the general path); an
-    // existing manifest row is only touched, a new one also gets its references and leaves
-    // the deleted-manifest grace period (a digest is never in both tables, so for an existing
-    // row that DELETE matches nothing, and its references are already there). The tag's
-    // history is written first, while the tag still shows where it pointed.
-    let json = |v: &[&str]| serde_json::to_string(v).expect("strings serialize");
+        (SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = j.value); ",
+        manifest_writes!(),
+        ";"
+    );
     // Read the clock once the connection is ours: waiting for it must not age the row.
     let now = now_ms();
     write.begin_in_batch();
-    let rows = sqlx::query_as::<_, (String, String)>(SQL)
-        .bind(m.repository_id)
-        .bind(&m.digest)
-        .bind(now)
-        .bind(&m.tag)
-        .bind(&m.media_type)
-        .bind(m.payload.len() as i64)
-        .bind(&m.payload)
-        .bind(&m.artifact_type)
-        .bind(&m.subject_digest)
-        .bind(&m.annotations)
-        .bind(json(blobs))
-        .bind(json(manifests))
+    let rows = manifest_batch(SQL, m, blobs, manifests, now)
         .fetch_all(&mut **write)
         .await?;
     let missing: Vec<String> = rows
@@ -1727,6 +1729,15 @@ impl MetadataStore for SqlStore {
         recorded_size: u64,
     ) -> Result<CommitOutcome> {
         if let Pools::Sqlite { write, wal, .. } = &self.pools {
+            let args = BlobCommit {
+                repository_id,
+                digest,
+                size,
+                storage_key,
+                content,
+                upload_id,
+                recorded_size,
+            };
             let mut conn = write.get().await?;
             let limited = {
                 let set = self
@@ -1738,32 +1749,12 @@ impl MetadataStore for SqlStore {
             let quick = if limited {
                 None
             } else {
-                commit_blob_unlimited(
-                    &mut conn,
-                    repository_id,
-                    digest,
-                    size,
-                    storage_key,
-                    content,
-                    upload_id,
-                    recorded_size,
-                )
-                .await?
+                commit_blob_unlimited(&mut conn, &args).await?
             };
             let outcome = match quick {
                 Some(outcome) => outcome,
                 None => {
-                    let outcome = commit_blob_batched(
-                        &mut conn,
-                        repository_id,
-                        digest,
-                        size,
-                        storage_key,
-                        content,
-                        upload_id,
-                        recorded_size,
-                    )
-                    .await?;
+                    let outcome = commit_blob_batched(&mut conn, &args).await?;
                     let mut set = self
                         .limited_repositories
                         .lock()
@@ -2589,13 +2580,18 @@ mod tests {
         assert!(s.advance_upload("moved", 0, 5, &[1], "").await.unwrap());
         let mut conn = write.get().await.unwrap();
         let d = digest_of(77);
-        let outcome = commit_blob_unlimited(&mut conn, repo, &d, 5, "k", None, "moved", 0)
-            .await
-            .unwrap();
+        let commit = |recorded_size| BlobCommit {
+            repository_id: repo,
+            digest: &d,
+            size: 5,
+            storage_key: "k",
+            content: None,
+            upload_id: "moved",
+            recorded_size,
+        };
+        let outcome = commit_blob_unlimited(&mut conn, &commit(0)).await.unwrap();
         assert_eq!(outcome, Some(CommitOutcome::UploadChanged));
-        let outcome = commit_blob_unlimited(&mut conn, repo, &d, 5, "k", None, "moved", 5)
-            .await
-            .unwrap();
+        let outcome = commit_blob_unlimited(&mut conn, &commit(5)).await.unwrap();
         assert!(matches!(
             outcome,
             Some(CommitOutcome::Committed { usage: None, .. })
