@@ -50,6 +50,33 @@ pub struct BlobRecord {
 /// blob storage belongs to it, so nothing there is read or deleted for it.
 pub const INLINE_STORAGE_KEY: &str = "";
 
+/// Where a blob being committed keeps its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobBytes<'a> {
+    /// In blob storage, under this key.
+    Stored(&'a str),
+    /// In the metadata database, with the blob's row.
+    Inline(&'a [u8]),
+}
+
+impl<'a> BlobBytes<'a> {
+    /// The key to record: the stored object's, or [`INLINE_STORAGE_KEY`].
+    pub fn storage_key(&self) -> &'a str {
+        match *self {
+            BlobBytes::Stored(key) => key,
+            BlobBytes::Inline(_) => INLINE_STORAGE_KEY,
+        }
+    }
+
+    /// The bytes to keep in the database, for an inline blob.
+    pub fn content(&self) -> Option<&'a [u8]> {
+        match *self {
+            BlobBytes::Stored(_) => None,
+            BlobBytes::Inline(content) => Some(content),
+        }
+    }
+}
+
 /// An upload session. `hash_state` lets any replica continue hashing where the last chunk ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadRecord {
@@ -256,19 +283,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn unlink_blob(&self, repository_id: i64, digest: &str) -> Result<bool>;
     /// Records a committed blob, links it to the repository and ends the upload session, in
     /// one transaction, unless that grows the project past its quota. The recorded storage key
-    /// is `storage_key`, or the key of an earlier commit of the same digest (the caller then
+    /// is the one `bytes` names (an inline blob's bytes are kept in its row, durable with the
+    /// commit itself), or the key of an earlier commit of the same digest (the caller then
     /// drops its copy). `recorded_size` is the upload's size as the caller loaded it: the
     /// commit is refused if the row says otherwise (a compare-and-set, as in `advance_upload`).
-    /// `content` keeps a small blob's bytes in its row instead (`storage_key` is then
-    /// [`INLINE_STORAGE_KEY`]), durable with the commit itself.
-    #[allow(clippy::too_many_arguments)]
     async fn commit_blob(
         &self,
         repository_id: i64,
         digest: &str,
         size: u64,
-        storage_key: &str,
-        content: Option<&[u8]>,
+        bytes: BlobBytes<'_>,
         upload_id: &str,
         recorded_size: u64,
     ) -> Result<CommitOutcome>;

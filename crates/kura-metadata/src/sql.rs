@@ -23,9 +23,9 @@ use crate::checkpoint::Checkpointer;
 use crate::sqlite_conns::{SqliteConn, SqliteConns};
 use crate::wal_sync::WalSync;
 use crate::{
-    AccessStore, ArtifactRecord, BlobRecord, CommitOutcome, DeleteManifestOutcome, DeletedManifest,
-    LinkOutcome, ManifestKey, ManifestRecord, MemberRecord, MetadataError, MetadataStore,
-    NewManifest, ProjectRecord, PutManifestOutcome, QuotaExceeded, ReferrerRecord,
+    AccessStore, ArtifactRecord, BlobBytes, BlobRecord, CommitOutcome, DeleteManifestOutcome,
+    DeletedManifest, LinkOutcome, ManifestKey, ManifestRecord, MemberRecord, MetadataError,
+    MetadataStore, NewManifest, ProjectRecord, PutManifestOutcome, QuotaExceeded, ReferrerRecord,
     RepositoryFilter, Result, RobotPermission, RobotRecord, TagGuard, UploadRecord, UsageChange,
     UserRecord, now_ms, project_of,
 };
@@ -1038,8 +1038,7 @@ struct BlobCommit<'a> {
     repository_id: i64,
     digest: &'a str,
     size: u64,
-    storage_key: &'a str,
-    content: Option<&'a [u8]>,
+    bytes: BlobBytes<'a>,
     upload_id: &'a str,
     recorded_size: u64,
 }
@@ -1059,9 +1058,9 @@ impl<'a> BlobCommit<'a> {
             .bind(self.repository_id)
             .bind(self.digest)
             .bind(self.size as i64)
-            .bind(self.storage_key)
+            .bind(self.bytes.storage_key())
             .bind(now)
-            .bind(self.content)
+            .bind(self.bytes.content())
     }
 }
 
@@ -1723,8 +1722,7 @@ impl MetadataStore for SqlStore {
         repository_id: i64,
         digest: &str,
         size: u64,
-        storage_key: &str,
-        content: Option<&[u8]>,
+        bytes: BlobBytes<'_>,
         upload_id: &str,
         recorded_size: u64,
     ) -> Result<CommitOutcome> {
@@ -1733,8 +1731,7 @@ impl MetadataStore for SqlStore {
                 repository_id,
                 digest,
                 size,
-                storage_key,
-                content,
+                bytes,
                 upload_id,
                 recorded_size,
             };
@@ -1817,12 +1814,12 @@ impl MetadataStore for SqlStore {
             )
             .bind(digest)
             .bind(size as i64)
-            .bind(storage_key)
+            .bind(bytes.storage_key())
             .bind(now)
             .fetch_one(&mut *tx)
             .await?;
-            if let Some(content) = content
-                && recorded == storage_key
+            if let Some(content) = bytes.content()
+                && recorded == bytes.storage_key()
             {
                 // Same rule as the SQLite batch: an earlier stored copy wins.
                 sqlx::query(
@@ -2527,9 +2524,16 @@ mod tests {
         let commit = |i: usize, size: u64| {
             let s = &s;
             async move {
-                s.commit_blob(repo, &d(i), size, &format!("k{i}"), None, "none", 0)
-                    .await
-                    .unwrap()
+                s.commit_blob(
+                    repo,
+                    &d(i),
+                    size,
+                    BlobBytes::Stored(&format!("k{i}")),
+                    "none",
+                    0,
+                )
+                .await
+                .unwrap()
             }
         };
         assert!(matches!(
@@ -2558,7 +2562,7 @@ mod tests {
         s.create_upload(&upload("moved", repo)).await.unwrap();
         assert!(s.advance_upload("moved", 0, 5, &[1], "").await.unwrap());
         assert_eq!(
-            s.commit_blob(repo, &d(3), 5, "k3", None, "moved", 0)
+            s.commit_blob(repo, &d(3), 5, BlobBytes::Stored("k3"), "moved", 0)
                 .await
                 .unwrap(),
             CommitOutcome::UploadChanged
@@ -2584,8 +2588,7 @@ mod tests {
             repository_id: repo,
             digest: &d,
             size: 5,
-            storage_key: "k",
-            content: None,
+            bytes: BlobBytes::Stored("k"),
             upload_id: "moved",
             recorded_size,
         };
@@ -2648,7 +2651,7 @@ mod tests {
         };
         let bytes = vec![0u8, 1, 2, 255];
         assert_eq!(
-            s.commit_blob(repo, D1, 4, INLINE_STORAGE_KEY, Some(&bytes), "u1", 0)
+            s.commit_blob(repo, D1, 4, BlobBytes::Inline(&bytes), "u1", 0)
                 .await
                 .unwrap(),
             committed(INLINE_STORAGE_KEY)
@@ -2658,7 +2661,7 @@ mod tests {
         assert_eq!(b.content.as_deref(), Some(&bytes[..]));
         // A later copy stored as a file is not recorded: the row's bytes win.
         assert_eq!(
-            s.commit_blob(other, D1, 4, "k1", None, "u2", 0)
+            s.commit_blob(other, D1, 4, BlobBytes::Stored("k1"), "u2", 0)
                 .await
                 .unwrap(),
             committed(INLINE_STORAGE_KEY)
@@ -2673,13 +2676,13 @@ mod tests {
         );
         // And the other way round: a file's key wins over later inline bytes.
         assert_eq!(
-            s.commit_blob(repo, D2, 4, "k2", None, "u3", 0)
+            s.commit_blob(repo, D2, 4, BlobBytes::Stored("k2"), "u3", 0)
                 .await
                 .unwrap(),
             committed("k2")
         );
         assert_eq!(
-            s.commit_blob(other, D2, 4, INLINE_STORAGE_KEY, Some(&bytes), "u4", 0)
+            s.commit_blob(other, D2, 4, BlobBytes::Inline(&bytes), "u4", 0)
                 .await
                 .unwrap(),
             committed("k2")
@@ -2688,7 +2691,7 @@ mod tests {
         assert_eq!((b.storage_key.as_str(), b.content), ("k2", None));
         // An empty blob inline is bytes, not "no bytes".
         assert_eq!(
-            s.commit_blob(repo, M1, 0, INLINE_STORAGE_KEY, Some(&[]), "u5", 0)
+            s.commit_blob(repo, M1, 0, BlobBytes::Inline(&[]), "u5", 0)
                 .await
                 .unwrap(),
             committed(INLINE_STORAGE_KEY)
@@ -2724,7 +2727,7 @@ mod tests {
         let repo = s.ensure_repository("p/r").await.unwrap();
         let blobs: Vec<String> = (1..=3).map(digest_of).collect();
         for b in &blobs {
-            s.commit_blob(repo, b, 1, b, None, "no-session", 0)
+            s.commit_blob(repo, b, 1, BlobBytes::Stored(b), "no-session", 0)
                 .await
                 .unwrap();
         }
@@ -2834,7 +2837,7 @@ mod tests {
         let repo = s.ensure_repository("p/big").await.unwrap();
         let blobs: Vec<String> = (1..=N).map(digest_of).collect();
         for b in &blobs {
-            s.commit_blob(repo, b, 1, b, None, "no-session", 0)
+            s.commit_blob(repo, b, 1, BlobBytes::Stored(b), "no-session", 0)
                 .await
                 .unwrap();
         }
@@ -2936,20 +2939,20 @@ mod tests {
         };
         // The row says 10 bytes: a commit that loaded it at another size is refused.
         assert_eq!(
-            s.commit_blob(repo, D1, 10, "k1", None, "u1", 0)
+            s.commit_blob(repo, D1, 10, BlobBytes::Stored("k1"), "u1", 0)
                 .await
                 .unwrap(),
             CommitOutcome::UploadChanged
         );
         assert!(s.repository_blob(repo, D1).await.unwrap().is_none());
         assert_eq!(
-            s.commit_blob(repo, D1, 10, "k1", None, "u1", 10)
+            s.commit_blob(repo, D1, 10, BlobBytes::Stored("k1"), "u1", 10)
                 .await
                 .unwrap(),
             committed("k1")
         );
         assert_eq!(
-            s.commit_blob(other, D1, 10, "k2", None, "gone", 10)
+            s.commit_blob(other, D1, 10, BlobBytes::Stored("k2"), "gone", 10)
                 .await
                 .unwrap(),
             committed("k1")

@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use kura_metadata::{CommitOutcome, INLINE_STORAGE_KEY, LinkOutcome, UploadRecord, now_ms};
+use kura_metadata::{BlobBytes, CommitOutcome, LinkOutcome, UploadRecord, now_ms};
 use kura_oci::{Algorithm, Digest, ErrorCode, Hasher, RepositoryName};
 use kura_storage::{ChunkSource, StorageError, UploadPosition};
 
@@ -311,8 +311,15 @@ impl Registry {
                 return Err(mismatch(&actual));
             }
         }
-        self.record_commit(repo, &upload, digest, key, None, &at, recorded_size)
-            .await
+        self.record_commit(
+            repo,
+            &upload,
+            digest,
+            BlobBytes::Stored(&key),
+            &at,
+            recorded_size,
+        )
+        .await
     }
 
     /// `finish_upload` for a body that arrived whole and small: hashed in memory (with the
@@ -345,33 +352,23 @@ impl Registry {
             // behind in blob storage.
             let content: Vec<u8> = data.concat();
             return self
-                .record_commit(
-                    repo,
-                    &upload,
-                    digest,
-                    INLINE_STORAGE_KEY.to_string(),
-                    Some(&content),
-                    &at,
-                    0,
-                )
+                .record_commit(repo, &upload, digest, BlobBytes::Inline(&content), &at, 0)
                 .await;
         }
         let key = self.inner.store.put_blob(&upload.id, data, digest).await?;
-        self.record_commit(repo, &upload, digest, key, None, &at, 0)
+        self.record_commit(repo, &upload, digest, BlobBytes::Stored(&key), &at, 0)
             .await
     }
 
-    /// The metadata half of a commit, once `key` holds the verified blob (or `content` does,
-    /// with the inline key): records it (ending the session by compare-and-set against
-    /// `recorded_size`), or undoes the storage side when the commit is refused.
-    #[allow(clippy::too_many_arguments)]
+    /// The metadata half of a commit, once `bytes` hold the verified blob: records it (ending
+    /// the session by compare-and-set against `recorded_size`), or undoes the storage side
+    /// when the commit is refused.
     async fn record_commit(
         &self,
         repo: &RepositoryName,
         upload: &UploadRecord,
         digest: &Digest,
-        key: String,
-        content: Option<&[u8]>,
+        bytes: BlobBytes<'_>,
         at: &UploadPosition,
         recorded_size: u64,
     ) -> Result<u64> {
@@ -382,8 +379,7 @@ impl Registry {
                 upload.repository_id,
                 &digest.to_string(),
                 upload.size,
-                &key,
-                content,
+                bytes,
                 &upload.id,
                 recorded_size,
             )
@@ -396,18 +392,18 @@ impl Registry {
             CommitOutcome::QuotaExceeded(exceeded) => {
                 // Nothing was recorded: drop the bytes and the session, so a refused push
                 // leaves nothing behind (and nothing counted).
-                self.drop_copy(&key, "a blob refused by quota").await;
+                self.drop_copy(bytes, "a blob refused by quota").await;
                 self.discard_upload(&upload.id, at).await;
                 return Err(self.quota_refused(repo, &exceeded));
             }
             CommitOutcome::UploadChanged => {
-                self.drop_copy(&key, "a blob whose upload changed").await;
+                self.drop_copy(bytes, "a blob whose upload changed").await;
                 return Err(RegistryError::upload_changed());
             }
         };
-        if recorded != key {
+        if recorded != bytes.storage_key() {
             // The same content was committed earlier under another key: keep one copy.
-            self.drop_copy(&key, "a duplicate blob copy").await;
+            self.drop_copy(bytes, "a duplicate blob copy").await;
         }
         self.emit(RegistryEvent::BlobPushed {
             repository: repo.to_string(),
@@ -417,11 +413,11 @@ impl Registry {
         Ok(upload.size)
     }
 
-    /// Removes the stored copy a commit did not record (none for an inline blob).
-    async fn drop_copy(&self, key: &str, what: &str) {
-        if key == INLINE_STORAGE_KEY {
+    /// Removes the stored copy a commit did not record (an inline blob has none).
+    async fn drop_copy(&self, bytes: BlobBytes<'_>, what: &str) {
+        let BlobBytes::Stored(key) = bytes else {
             return;
-        }
+        };
         if let Err(e) = self.inner.store.delete_blob(key).await {
             tracing::warn!(%key, error = %e, "could not remove {what}");
         }

@@ -87,8 +87,7 @@ async fn main() {
                         repo,
                         &digest.to_string(),
                         pos.size,
-                        &key,
-                        None,
+                        kura_metadata::BlobBytes::Stored(&key),
                         &id,
                         pos.size,
                     )
