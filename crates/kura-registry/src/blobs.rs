@@ -34,22 +34,21 @@ impl Registry {
 
     /// Streams a blob found by [`Registry::open_blob`] (or an inclusive range of it, already
     /// validated against its size). An inline blob found by [`Registry::stat_blob`] has no
-    /// bytes with it and is looked up again.
+    /// bytes with it and is looked up again; one found by `open_blob` hands its bytes to the
+    /// stream without a copy.
     pub async fn read_blob(
         &self,
         repo: &RepositoryName,
-        blob: &BlobRecord,
+        blob: BlobRecord,
         range: Option<ByteRange>,
     ) -> Result<ByteStream> {
-        let digest = &blob.digest;
-        let reread;
         let blob = if blob.content.is_none() && blob.storage_key == INLINE_STORAGE_KEY {
-            reread = self.find_blob(repo, digest, true).await?;
-            &reread
+            self.find_blob(repo, &blob.digest, true).await?
         } else {
             blob
         };
-        let read = match &blob.content {
+        let digest = &blob.digest;
+        let read = match blob.content {
             Some(content) => Ok(inline_stream(content, range)),
             None => self.inner.store.read_blob(&blob.storage_key, range).await,
         };
@@ -101,17 +100,19 @@ impl Registry {
 }
 
 /// The bytes of an inline blob (or the validated range of them) as a one-chunk stream.
-fn inline_stream(content: &[u8], range: Option<ByteRange>) -> ByteStream {
+fn inline_stream(content: Vec<u8>, range: Option<ByteRange>) -> ByteStream {
+    let content = Bytes::from(content);
     let bytes = match range {
         Some(r) => usize::try_from(r.start)
             .ok()
             .zip(usize::try_from(r.end).ok())
-            .and_then(|(start, end)| content.get(start..=end)),
+            .filter(|&(start, end)| start <= end && end < content.len())
+            .map(|(start, end)| content.slice(start..=end)),
         None => Some(content),
     };
     // The range was checked against the recorded size; a row whose bytes disagree with it
     // fails the stream rather than the process.
-    let chunk = bytes.map(Bytes::copy_from_slice).ok_or_else(|| {
+    let chunk = bytes.ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "inline blob is shorter than its recorded size",

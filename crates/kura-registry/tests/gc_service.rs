@@ -159,7 +159,7 @@ async fn inline_blobs_are_collected_with_their_rows() {
     assert_eq!(kept, 2, "config and layer");
     // What the manifest needs still reads back whole.
     let blob = reg.stat_blob(&repo, &layer).await.unwrap();
-    let mut s = reg.read_blob(&repo, &blob, None).await.unwrap();
+    let mut s = reg.read_blob(&repo, blob, None).await.unwrap();
     let mut got = Vec::new();
     while let Some(chunk) = s.next().await {
         got.extend_from_slice(&chunk.unwrap());

@@ -245,7 +245,7 @@ async fn read_all(
     use futures_util::StreamExt;
     let blob = e.reg.stat_blob(repo, d).await.unwrap();
     let range = range.map(|(start, end)| kura_storage::ByteRange { start, end });
-    let mut s = e.reg.read_blob(repo, &blob, range).await.unwrap();
+    let mut s = e.reg.read_blob(repo, blob, range).await.unwrap();
     let mut out = Vec::new();
     while let Some(chunk) = s.next().await {
         out.extend_from_slice(&chunk.unwrap());
@@ -598,7 +598,7 @@ async fn a_failed_closing_put_leaves_the_upload_resumable() {
         .unwrap();
     let mut got = Vec::new();
     let blob = e.reg.stat_blob(&repo, &digest).await.unwrap();
-    let mut body = e.reg.read_blob(&repo, &blob, None).await.unwrap();
+    let mut body = e.reg.read_blob(&repo, blob, None).await.unwrap();
     while let Some(c) = futures_util::StreamExt::next(&mut body).await {
         got.extend_from_slice(&c.unwrap());
     }

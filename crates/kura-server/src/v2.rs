@@ -570,7 +570,7 @@ async fn get_blob(
             .body(Body::empty())
             .expect("valid response"));
     }
-    let stream = state.registry.read_blob(&repo, &blob, range).await?;
+    let stream = state.registry.read_blob(&repo, blob, range).await?;
     Ok(builder
         .body(Body::from_stream(stream))
         .expect("valid response"))
