@@ -319,19 +319,19 @@ async fn matcher(w: Arc<Webhooks>, mut rx: mpsc::Receiver<(String, Value, String
     }
 }
 
-async fn dispatcher(w: Arc<Webhooks>) {
-    let client = match reqwest::Client::builder()
-        .timeout(w.config.timeout)
+/// The webhook HTTP client. Built on the first delivery rather than at start: the TLS set-up
+/// (reading and parsing the system's CA certificates) is about 2 MiB of memory that a registry
+/// without webhooks never needs.
+fn webhook_client(config: &WebhookConfig) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(config.timeout)
         .user_agent(concat!("kura-webhook/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
         .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the webhook HTTP client; webhooks are off");
-            return;
-        }
-    };
+}
+
+async fn dispatcher(w: Arc<Webhooks>) {
+    let mut client: Option<reqwest::Client> = None;
     let slots = Arc::new(Semaphore::new(w.config.concurrency.max(1)));
     // Retries come due without anyone waking us: poll at least as often as the shortest delay.
     let poll = w
@@ -354,14 +354,26 @@ async fn dispatcher(w: Arc<Webhooks>) {
             Vec::new()
         };
         let claimed = due.len();
-        for d in due {
-            let permit = slots.clone().acquire_owned().await.expect("semaphore open");
-            let (w, client) = (w.clone(), client.clone());
-            tokio::spawn(async move {
-                deliver(&w, &client, d).await;
-                drop(permit);
-                w.wake.notify_one();
-            });
+        if claimed > 0 {
+            let client = match &client {
+                Some(c) => c.clone(),
+                None => match webhook_client(&w.config) {
+                    Ok(c) => client.insert(c).clone(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot build the webhook HTTP client; webhooks are off");
+                        return;
+                    }
+                },
+            };
+            for d in due {
+                let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+                let (w, client) = (w.clone(), client.clone());
+                tokio::spawn(async move {
+                    deliver(&w, &client, d).await;
+                    drop(permit);
+                    w.wake.notify_one();
+                });
+            }
         }
         if last_purge.elapsed() > Duration::from_secs(3600) {
             last_purge = Instant::now();

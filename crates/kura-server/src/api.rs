@@ -2,9 +2,10 @@
 //! `{"errors":[{"code","message"}]}`) and `GET /v1/search` for `docker search`.
 //!
 //! Handlers authenticate, call one `kura_auth::Auth` operation (which applies the permission
-//! table) and shape the answer. Every route is registered through utoipa's `OpenApiRouter`
-//! together with its `#[utoipa::path]` description, so the OpenAPI document served at
-//! `/api/v1/openapi.json` covers exactly the routes that exist.
+//! table) and shape the answer. Every route is listed once, in `management_routes!`, with its
+//! `#[utoipa::path]` description: the served router takes each route's path and methods from
+//! that description, and the OpenAPI document at `/api/v1/openapi.json` is built from the same
+//! list on its first request, so it covers exactly the routes that exist.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -64,71 +65,126 @@ impl Modify for Security {
     }
 }
 
-/// The management routes and their OpenAPI document.
+/// Every management route, listed once. `$register` receives them as groups of handlers that
+/// share a path (the shape of utoipa-axum's `routes!`): [`routes`] turns them into the served
+/// router and [`management_doc`] into the OpenAPI document, so the two cannot disagree.
+macro_rules! management_routes {
+    ($register:ident) => {
+        $register!(
+            [list_users, create_user],
+            [current_user],
+            [update_user, delete_user],
+            [change_password],
+            [list_projects, create_project],
+            [get_project, update_project, delete_project],
+            [list_members],
+            [set_member, remove_member],
+            [list_robots, create_robot],
+            [get_robot, update_robot, delete_robot],
+            [refresh_robot],
+            [get_settings, put_settings],
+            [docker_search],
+            [list_repositories],
+            [delete_repository],
+            [list_artifacts],
+            [delete_artifact],
+            [delete_artifact_tag],
+            [lc::start_gc, lc::list_gc_runs],
+            [lc::get_gc_run],
+            [lc::system_storage],
+            [lc::project_storage],
+            [lc::get_quota, lc::put_quota],
+            [lc::list_immutability_rules, lc::add_immutability_rule],
+            [lc::delete_immutability_rule],
+            [lc::get_retention, lc::put_retention, lc::delete_retention],
+            [lc::run_retention, lc::list_retention_runs],
+            [lc::tag_history],
+            [lc::restore_tag],
+            [ops_api::list_audit],
+            [ops_api::project_audit],
+            [ops_api::export_audit],
+            [ops_api::verify_audit],
+            [ops_api::purge_audit],
+            [ops_api::list_webhooks, ops_api::create_webhook],
+            [
+                ops_api::get_webhook,
+                ops_api::update_webhook,
+                ops_api::delete_webhook
+            ],
+            [ops_api::list_deliveries],
+        )
+    };
+}
+
+/// Routes each group under its first handler's documented path and methods, without building
+/// the handlers' OpenAPI operations and schemas. Building them at start-up took about 2 MiB of
+/// heap and 2 MiB of resident code for a document few clients ever ask for.
+macro_rules! plain_router {
+    ($([$first:path $(, $rest:path)*]),* $(,)?) => {{
+        use utoipa_axum::PathItemExt;
+        let router = Router::new();
+        $(
+            // `paste!` re-reads each handler path as plain tokens, which the `@path` arms of
+            // utoipa-axum's `routes!` need; those arms name the `__path_<handler>` type that
+            // `#[utoipa::path]` generates next to each handler.
+            let router = utoipa_axum::paste! {{
+                let path = utoipa_axum::routes!(@path [path()] of $first);
+                let mut methods = axum::routing::MethodRouter::new();
+                for m in utoipa_axum::routes!(@path [methods()] of $first) {
+                    methods = methods.on(m.to_method_filter(), $first);
+                }
+                $(
+                    assert_eq!(
+                        utoipa_axum::routes!(@path [path()] of $rest),
+                        path,
+                        "handlers grouped in management_routes! must share a path"
+                    );
+                    for m in utoipa_axum::routes!(@path [methods()] of $rest) {
+                        methods = methods.on(m.to_method_filter(), $rest);
+                    }
+                )*
+                router.route(&path, methods)
+            }};
+        )*
+        router
+    }};
+}
+
+macro_rules! documented_router {
+    ($([$($handler:path),+]),* $(,)?) => {
+        OpenApiRouter::with_openapi(ApiDoc::openapi())
+            $(.routes(routes!($($handler),+)))*
+    };
+}
+
+/// The management routes. Their OpenAPI document is built on its first request and kept as
+/// JSON.
 pub fn routes() -> Router<AppState> {
-    let (router, doc) = routes_and_doc();
-    let doc = std::sync::Arc::new(doc);
+    static DOC: std::sync::OnceLock<bytes::Bytes> = std::sync::OnceLock::new();
+    let router: Router<AppState> = management_routes!(plain_router);
     router.route(
         "/api/v1/openapi.json",
-        axum::routing::get(move || {
-            let doc = doc.clone();
-            async move { Json(doc.as_ref().clone()) }
+        axum::routing::get(|| async {
+            let json = DOC.get_or_init(|| {
+                serde_json::to_vec(&management_doc())
+                    .expect("an OpenAPI document serializes")
+                    .into()
+            });
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                json.clone(),
+            )
         }),
     )
 }
 
-/// The management routes with the OpenAPI document describing them.
-pub(crate) fn routes_and_doc() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(list_users, create_user))
-        .routes(routes!(current_user))
-        .routes(routes!(update_user, delete_user))
-        .routes(routes!(change_password))
-        .routes(routes!(list_projects, create_project))
-        .routes(routes!(get_project, update_project, delete_project))
-        .routes(routes!(list_members))
-        .routes(routes!(set_member, remove_member))
-        .routes(routes!(list_robots, create_robot))
-        .routes(routes!(get_robot, update_robot, delete_robot))
-        .routes(routes!(refresh_robot))
-        .routes(routes!(get_settings, put_settings))
-        .routes(routes!(docker_search))
-        .routes(routes!(list_repositories))
-        .routes(routes!(delete_repository))
-        .routes(routes!(list_artifacts))
-        .routes(routes!(delete_artifact))
-        .routes(routes!(delete_artifact_tag))
-        .routes(routes!(lc::start_gc, lc::list_gc_runs))
-        .routes(routes!(lc::get_gc_run))
-        .routes(routes!(lc::system_storage))
-        .routes(routes!(lc::project_storage))
-        .routes(routes!(lc::get_quota, lc::put_quota))
-        .routes(routes!(
-            lc::list_immutability_rules,
-            lc::add_immutability_rule
-        ))
-        .routes(routes!(lc::delete_immutability_rule))
-        .routes(routes!(
-            lc::get_retention,
-            lc::put_retention,
-            lc::delete_retention
-        ))
-        .routes(routes!(lc::run_retention, lc::list_retention_runs))
-        .routes(routes!(lc::tag_history))
-        .routes(routes!(lc::restore_tag))
-        .routes(routes!(ops_api::list_audit))
-        .routes(routes!(ops_api::project_audit))
-        .routes(routes!(ops_api::export_audit))
-        .routes(routes!(ops_api::verify_audit))
-        .routes(routes!(ops_api::purge_audit))
-        .routes(routes!(ops_api::list_webhooks, ops_api::create_webhook))
-        .routes(routes!(
-            ops_api::get_webhook,
-            ops_api::update_webhook,
-            ops_api::delete_webhook
-        ))
-        .routes(routes!(ops_api::list_deliveries))
-        .split_for_parts()
+/// The OpenAPI document of the management routes.
+pub(crate) fn management_doc() -> utoipa::openapi::OpenApi {
+    let documented: OpenApiRouter<AppState> = management_routes!(documented_router);
+    documented.split_for_parts().1
 }
 
 // --- wire types --------------------------------------------------------------------------------
