@@ -230,6 +230,13 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Backend name for logs and readiness (`sqlite`, `postgres`).
     fn kind(&self) -> &'static str;
 
+    /// Whether one registry process is the only user of this store (SQLite: the embedded
+    /// default, whose file one server opens), so that state the process keeps in memory is
+    /// seen by every request. `false` for a store that replicas share.
+    fn single_process(&self) -> bool {
+        false
+    }
+
     /// Cheap round trip for readiness checks.
     async fn ping(&self) -> Result<()>;
 

@@ -1483,6 +1483,10 @@ impl MetadataStore for SqlStore {
         }
     }
 
+    fn single_process(&self) -> bool {
+        matches!(self.pools, Pools::Sqlite { .. })
+    }
+
     async fn ping(&self) -> Result<()> {
         with_read!(self, |p| {
             sqlx::query_scalar::<_, i32>("SELECT 1")

@@ -169,7 +169,8 @@ pub fn describe() {
 }
 
 /// Sets the scrape-time gauges. Database reads are cheap (a count and one row per project).
-pub async fn refresh(store: &dyn OpsStore) {
+/// `pending_uploads`: sessions this process holds that have no row yet.
+pub async fn refresh(store: &dyn OpsStore, pending_uploads: u64) {
     for p in store.pool_stats() {
         let busy = p.size.saturating_sub(p.idle);
         metrics::gauge!("kura_db_pool_connections", "pool" => p.pool, "state" => "idle")
@@ -179,7 +180,7 @@ pub async fn refresh(store: &dyn OpsStore) {
         metrics::gauge!("kura_db_pool_max_connections", "pool" => p.pool).set(f64::from(p.max));
     }
     match store.uploads_in_progress().await {
-        Ok(n) => metrics::gauge!("kura_uploads_in_progress").set(n as f64),
+        Ok(n) => metrics::gauge!("kura_uploads_in_progress").set((n + pending_uploads) as f64),
         Err(e) => tracing::warn!(error = %e, "metrics: cannot count uploads"),
     }
     match store.usage_per_project().await {

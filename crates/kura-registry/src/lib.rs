@@ -119,6 +119,9 @@ struct Inner {
     sinks: Vec<Arc<dyn EventSink>>,
     upload_locks: locks::KeyedLocks,
     limits: policy::LimitCache,
+    /// Upload sessions kept in this process only; `None` where replicas share the metadata
+    /// or where opening an upload stores something. See `uploads::PendingUploads`.
+    pending_uploads: Option<uploads::PendingUploads>,
 }
 
 impl Registry {
@@ -128,6 +131,8 @@ impl Registry {
         config: RegistryConfig,
         sinks: Vec<Arc<dyn EventSink>>,
     ) -> Registry {
+        let pending_uploads = (meta.single_process() && store.uploads_start_empty())
+            .then(uploads::PendingUploads::default);
         Registry {
             inner: Arc::new(Inner {
                 meta,
@@ -136,6 +141,7 @@ impl Registry {
                 sinks,
                 upload_locks: locks::KeyedLocks::default(),
                 limits: policy::LimitCache::default(),
+                pending_uploads,
             }),
         }
     }

@@ -22,6 +22,7 @@ impl EventSink for Recorder {
 struct Env {
     _dir: tempfile::TempDir,
     reg: Registry,
+    meta: Arc<dyn kura_metadata::Metadata>,
     events: Arc<Recorder>,
     blobs_root: std::path::PathBuf,
 }
@@ -41,10 +42,11 @@ async fn env_with(config: RegistryConfig) -> Env {
             .unwrap(),
     );
     let events = Arc::new(Recorder(Mutex::new(Vec::new())));
-    let reg = Registry::new(meta, store, config, vec![events.clone()]);
+    let reg = Registry::new(meta.clone(), store, config, vec![events.clone()]);
     Env {
         _dir: dir,
         reg,
+        meta,
         events,
         blobs_root,
     }
@@ -507,6 +509,112 @@ async fn expired_uploads_are_purged() {
         ErrorCode::BlobUploadUnknown
     );
     assert_eq!(walk(&e.blobs_root.join("uploads")), 0);
+}
+
+/// On SQLite with the filesystem backend a new session is kept in memory: it gets a row only
+/// when it is about to store bytes, and a small blob pushed whole never needs one.
+#[tokio::test]
+async fn sessions_get_a_row_only_when_they_store_bytes() {
+    let e = env().await;
+    let repo = name("pending/r");
+    push(&e.reg, &repo, b"creates the repository").await;
+    let has_row = |id: String| {
+        let meta = e.meta.clone();
+        async move { meta.upload(&id).await.unwrap().is_some() }
+    };
+
+    // POST + PUT of a small blob: no row at any point, and the session ends with the commit.
+    let up = e.reg.start_upload(&repo).await.unwrap();
+    assert!(!has_row(up.id.clone()).await);
+    assert_eq!(e.reg.upload_status(&repo, &up.id).await.unwrap().size, 0);
+    let small = b"small and whole".to_vec();
+    let d = Algorithm::Sha256.digest_of(&small);
+    e.reg
+        .finish_upload(&repo, &up.id, &d, None, Some(&mut chunks(vec![small])))
+        .await
+        .unwrap();
+    assert!(!has_row(up.id.clone()).await);
+    let unknown = |r: kura_registry::Result<kura_registry::UploadStatus>| {
+        assert_eq!(r.unwrap_err().code, ErrorCode::BlobUploadUnknown)
+    };
+    unknown(e.reg.upload_status(&repo, &up.id).await);
+
+    // Another repository does not see the session; a wrong start is refused and keeps it.
+    let up = e.reg.start_upload(&repo).await.unwrap();
+    unknown(e.reg.upload_status(&name("pending/other"), &up.id).await);
+    let err = e
+        .reg
+        .append_upload(&repo, &up.id, Some(5), &mut chunks(vec![vec![1]]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status, 416);
+    assert!(!has_row(up.id.clone()).await);
+    // The first PATCH gives it a row before writing.
+    e.reg
+        .append_upload(&repo, &up.id, Some(0), &mut chunks(vec![vec![7; 10]]))
+        .await
+        .unwrap();
+    assert!(has_row(up.id.clone()).await);
+    assert_eq!(e.reg.upload_status(&repo, &up.id).await.unwrap().size, 10);
+    let d = Algorithm::Sha256.digest_of(&[7; 10]);
+    e.reg
+        .finish_upload(&repo, &up.id, &d, None, None)
+        .await
+        .unwrap();
+    assert!(!has_row(up.id.clone()).await);
+
+    // A wrong digest ends a pending session; so does DELETE.
+    let up = e.reg.start_upload(&repo).await.unwrap();
+    let err = e
+        .reg
+        .finish_upload(&repo, &up.id, &d, None, Some(&mut chunks(vec![vec![1]])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::DigestInvalid);
+    unknown(e.reg.upload_status(&repo, &up.id).await);
+    let up = e.reg.start_upload(&repo).await.unwrap();
+    e.reg.cancel_upload(&repo, &up.id).await.unwrap();
+    unknown(e.reg.upload_status(&repo, &up.id).await);
+
+    // A blob too large to keep inline gets its row before its bytes are stored.
+    let up = e.reg.start_upload(&repo).await.unwrap();
+    let big = vec![9u8; 64 * 1024];
+    let d = Algorithm::Sha256.digest_of(&big);
+    e.reg
+        .finish_upload(&repo, &up.id, &d, None, Some(&mut chunks(vec![big])))
+        .await
+        .unwrap();
+    assert!(!has_row(up.id.clone()).await);
+    assert_eq!(walk(&e.blobs_root.join("uploads")), 0);
+
+    // Deleting the repository ends its pending sessions.
+    let up = e.reg.start_upload(&repo).await.unwrap();
+    e.reg.delete_repository(&repo).await.unwrap();
+    unknown(e.reg.upload_status(&repo, &up.id).await);
+
+    // A session in a repository that does not exist yet is recorded at once (the POST
+    // creates the repository).
+    let fresh = name("pending/new");
+    let up = e.reg.start_upload(&fresh).await.unwrap();
+    assert!(has_row(up.id.clone()).await);
+}
+
+#[tokio::test]
+async fn expired_pending_sessions_are_purged() {
+    let e = env_with(RegistryConfig {
+        upload_expiry: Duration::from_millis(0),
+        ..Default::default()
+    })
+    .await;
+    let repo = name("r");
+    push(&e.reg, &repo, b"creates the repository").await;
+    let up = e.reg.start_upload(&repo).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(e.reg.purge_stale_uploads().await.unwrap(), 1);
+    assert_eq!(
+        e.reg.upload_status(&repo, &up.id).await.unwrap_err().code,
+        ErrorCode::BlobUploadUnknown
+    );
 }
 
 #[tokio::test]

@@ -101,7 +101,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/token", axum::routing::get(auth::token));
     if let Some((handle, store)) = state.ops.prometheus.clone() {
-        app = app.merge(metrics_routes(handle, store));
+        app = app.merge(metrics_routes(handle, store, state.registry.clone()));
     }
     app.route_layer(axum::middleware::from_fn(observe::tag_route))
         .with_state(state.clone())
@@ -119,13 +119,15 @@ pub fn router(state: AppState) -> Router {
 pub fn metrics_routes<S: Clone + Send + Sync + 'static>(
     handle: metrics_exporter_prometheus::PrometheusHandle,
     store: std::sync::Arc<dyn kura_metadata::OpsStore>,
+    registry: Registry,
 ) -> Router<S> {
     Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let (handle, store) = (handle.clone(), store.clone());
+            let pending_uploads = registry.pending_uploads() as u64;
             async move {
-                kura_ops::metrics::refresh(store.as_ref()).await;
+                kura_ops::metrics::refresh(store.as_ref(), pending_uploads).await;
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,

@@ -481,6 +481,10 @@ impl BlobStore for FsBlobStore {
         Ok(UploadPosition::default())
     }
 
+    fn uploads_start_empty(&self) -> bool {
+        true
+    }
+
     async fn append_upload(
         &self,
         upload_id: &str,

@@ -134,6 +134,12 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Prepares storage for a new upload.
     async fn create_upload(&self, upload_id: &str) -> Result<UploadPosition>;
 
+    /// Whether `create_upload` stores nothing (the upload's first write creates its data), so
+    /// that a session which has not written yet leaves no trace in storage.
+    fn uploads_start_empty(&self) -> bool {
+        false
+    }
+
     /// Appends `data` at `at.size`, returning the new position. Bytes beyond `at.size` left by
     /// an interrupted earlier append are discarded first, so the recorded position is the truth.
     async fn append_upload(

@@ -213,6 +213,7 @@ async fn serve(s: Settings) -> Result<(), String> {
     let expiry = kura_server::spawn_upload_expiry(registry.clone(), s.upload_sweep);
     let scheduler = kura_server::spawn_scheduler(registry.clone(), Duration::from_secs(1));
     let separate_metrics = s.metrics_listen.is_some();
+    let metrics_registry = registry.clone();
     let app = kura_server::router(kura_server::AppState {
         registry,
         auth,
@@ -237,7 +238,7 @@ async fn serve(s: Settings) -> Result<(), String> {
             .map_err(|e| format!("cannot read the bound address: {e}"))?;
         tracing::info!(addr = %bound, "metrics are served separately");
         println!("metrics listening on {bound}");
-        let router = kura_server::metrics_routes::<()>(handle, ops_store.clone());
+        let router = kura_server::metrics_routes::<()>(handle, ops_store.clone(), metrics_registry);
         background.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener.tap_io(kura_server::no_delay), router).await {
                 tracing::error!(error = %e, "metrics listener failed");

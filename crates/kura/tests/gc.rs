@@ -1296,8 +1296,17 @@ async fn orphaned_objects_older_than_the_grace_period_are_swept() {
     let admin = Cred::admin();
     reg.create_project(&admin, "orph", false).await;
     let img = push_image(&reg, "orph/app", Some("v1"), &[&random_bytes(500)]).await;
-    // An upload in progress whose bytes were (as if) committed to storage already.
+    // An upload in progress whose bytes were (as if) committed to storage already. It has
+    // written, so it has its row (a session that has not written has neither row nor file).
     let loc = reg.start_upload(&admin, "orph/app").await;
+    let resp = reg
+        .req(Method::PATCH, &loc, &admin)
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .body(vec![0u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
     let upload_id = loc
         .trim_end_matches('/')
         .rsplit('/')
