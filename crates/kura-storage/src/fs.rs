@@ -767,6 +767,19 @@ mod tests {
         crate::conformance::run_all(&store).await;
     }
 
+    /// `uploads_start_empty` is a promise the registry builds on (a session that has not
+    /// written may have no metadata row): opening an upload must leave no file.
+    #[tokio::test]
+    async fn opening_an_upload_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path(), Durability::Strict)
+            .await
+            .unwrap();
+        assert!(store.uploads_start_empty());
+        store.create_upload("fresh").await.unwrap();
+        assert!(!dir.path().join("uploads").join("fresh").exists());
+    }
+
     /// A recorded position past the bytes the file holds (they were lost in a crash before
     /// they reached the disk) must not be committed as a zero-padded blob.
     #[tokio::test]
