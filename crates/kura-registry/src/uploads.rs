@@ -123,6 +123,13 @@ impl PendingUploads {
         sessions.remove(id).is_some()
     }
 
+    fn len(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     /// Drops sessions opened before `cutoff`; returns how many.
     fn expire(&self, cutoff: i64) -> usize {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
@@ -458,17 +465,12 @@ impl Registry {
             return Err(digest_mismatch(digest, &actual));
         }
         let size: u64 = data.iter().map(|c| c.len() as u64).sum();
-        if size > self.inner.config.inline_blob_max {
-            // Recorded as the empty session it is: the commit ends it by compare-and-set on
-            // that size.
-            self.persist_pending(&mut session).await?;
-        }
-        session.record.size = size;
         if size <= self.inner.config.inline_blob_max {
             // Kept in the metadata row: the commit's own log write makes it durable, with no
             // file (and no inode, file sync or directory sync) per blob. The session stored
             // nothing (`finish_upload` sends only such sessions here), so nothing is left
             // behind in blob storage, and a pending session never needs its row.
+            session.record.size = size;
             let content: Vec<u8> = data.concat();
             return self
                 .record_commit(
@@ -481,7 +483,11 @@ impl Registry {
                 )
                 .await;
         }
-        let upload = session.record;
+        // Recorded as the empty session it is: the commit ends it by compare-and-set on that
+        // size.
+        self.persist_pending(&mut session).await?;
+        let mut upload = session.record;
+        upload.size = size;
         let key = self.inner.store.put_blob(&upload.id, data, digest).await?;
         self.record_commit(repo, &upload, digest, BlobBytes::Stored(&key), &at, 0)
             .await
@@ -565,9 +571,10 @@ impl Registry {
         if result.is_err() {
             // Nobody else knows this upload: remove it now, from its recorded position (an
             // object store needs the multipart id in it), rather than leave it to the expiry.
-            if self.forget_pending(&status.id) {
-                // Nothing stored, no row.
-            } else if let Ok(Some(u)) = self.inner.meta.upload(&status.id).await {
+            // A pending session has neither bytes nor a row: forgetting it is all.
+            if !self.forget_pending(&status.id)
+                && let Ok(Some(u)) = self.inner.meta.upload(&status.id).await
+            {
                 let at = UploadPosition {
                     size: u.size,
                     backend_state: u.backend_state,
@@ -595,9 +602,10 @@ impl Registry {
 
     /// Open sessions that are only in this process's memory (no row yet).
     pub fn pending_uploads(&self) -> usize {
-        self.inner.pending_uploads.as_ref().map_or(0, |p| {
-            p.sessions.lock().unwrap_or_else(|e| e.into_inner()).len()
-        })
+        self.inner
+            .pending_uploads
+            .as_ref()
+            .map_or(0, PendingUploads::len)
     }
 
     /// Drops `id` from the pending sessions; whether it was one.
