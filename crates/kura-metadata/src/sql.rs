@@ -80,6 +80,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("migrations/sqlite/0008_commit_checks.sql"),
         include_str!("migrations/postgres/0008_commit_checks.sql"),
     ),
+    (
+        9,
+        "without_rowid",
+        include_str!("migrations/sqlite/0009_without_rowid.sql"),
+        include_str!("migrations/postgres/0009_without_rowid.sql"),
+    ),
 ];
 
 /// Key of the PostgreSQL advisory lock that serializes migrations across replicas.
@@ -361,6 +367,12 @@ pub struct SqlStore {
 impl SqlStore {
     /// Connects to `url` (`sqlite://path` or `postgres://...`) and applies migrations.
     pub async fn connect(url: &str, options: &SqlOptions) -> Result<SqlStore> {
+        Self::connect_through(url, options, i64::MAX).await
+    }
+
+    /// [`SqlStore::connect`] applying migrations up to version `last` only (upgrade tests
+    /// start from an older schema).
+    async fn connect_through(url: &str, options: &SqlOptions, last: i64) -> Result<SqlStore> {
         let pools = if url.starts_with("sqlite:") {
             let base = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -407,7 +419,7 @@ impl SqlStore {
             pools,
             limited_repositories: Default::default(),
         };
-        store.migrate().await?;
+        store.migrate(last).await?;
         if let Pools::Sqlite { wal: Some(wal), .. } = &store.pools {
             wal.barrier().await?;
         }
@@ -453,7 +465,7 @@ impl SqlStore {
         })
     }
 
-    async fn migrate(&self) -> Result<()> {
+    async fn migrate(&self, last: i64) -> Result<()> {
         match &self.pools {
             Pools::Sqlite { write, .. } => {
                 let mut conn = write.get().await?;
@@ -463,30 +475,17 @@ impl SqlStore {
                 )
                 .execute(&mut *conn)
                 .await?;
-                for (version, name, ddl, _) in MIGRATIONS {
-                    let done: Option<i64> = sqlx::query_scalar(
-                        "SELECT version FROM schema_migrations WHERE version = $1",
-                    )
-                    .bind(version)
-                    .fetch_optional(&mut *conn)
+                // Off for the run, as SQLite's procedure for rebuilding a table requires (the
+                // pragma is a no-op inside a transaction); each migration's commit is preceded
+                // by a check that it left every foreign key satisfied.
+                sqlx::raw_sql("PRAGMA foreign_keys = OFF")
+                    .execute(&mut *conn)
                     .await?;
-                    if done.is_some() {
-                        continue;
-                    }
-                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                    sqlx::raw_sql(*ddl)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| MetadataError::Migration(format!("{version} {name}: {e}")))?;
-                    sqlx::query("INSERT INTO schema_migrations VALUES ($1, $2, $3)")
-                        .bind(version)
-                        .bind(name)
-                        .bind(now_ms())
-                        .execute(&mut *tx)
-                        .await?;
-                    tx.commit().await?;
-                    tracing::info!(version, name, "applied sqlite migration");
-                }
+                let result = apply_sqlite_migrations(&mut conn, last).await;
+                sqlx::raw_sql("PRAGMA foreign_keys = ON")
+                    .execute(&mut *conn)
+                    .await?;
+                result?;
             }
             Pools::Postgres(pool) => {
                 // One connection holds a session advisory lock for the whole run, so replicas
@@ -503,7 +502,7 @@ impl SqlStore {
                     )
                     .execute(&mut *conn)
                     .await?;
-                    for (version, name, _, ddl) in MIGRATIONS {
+                    for (version, name, _, ddl) in MIGRATIONS.iter().filter(|m| m.0 <= last) {
                         let done: Option<i64> = sqlx::query_scalar(
                             "SELECT version FROM schema_migrations WHERE version = $1",
                         )
@@ -538,6 +537,46 @@ impl SqlStore {
         }
         Ok(())
     }
+}
+
+/// Applies the SQLite migrations up to `last` not yet recorded, each in its own transaction,
+/// on a connection with foreign keys off (see [`SqlStore::migrate`]).
+async fn apply_sqlite_migrations(conn: &mut sqlx::SqliteConnection, last: i64) -> Result<()> {
+    for (version, name, ddl, _) in MIGRATIONS.iter().filter(|m| m.0 <= last) {
+        let done: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if done.is_some() {
+            continue;
+        }
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        sqlx::raw_sql(*ddl)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| MetadataError::Migration(format!("{version} {name}: {e}")))?;
+        let broken: Vec<(String, Option<i64>, String)> =
+            sqlx::query_as("SELECT \"table\", rowid, parent FROM pragma_foreign_key_check")
+                .fetch_all(&mut *tx)
+                .await?;
+        if let Some((table, rowid, parent)) = broken.first() {
+            return Err(MetadataError::Migration(format!(
+                "{version} {name}: {} rows break a foreign key, the first in {table} \
+                 (rowid {rowid:?}) naming {parent}",
+                broken.len()
+            )));
+        }
+        sqlx::query("INSERT INTO schema_migrations VALUES ($1, $2, $3)")
+            .bind(version)
+            .bind(name)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(version, name, "applied sqlite migration");
+    }
+    Ok(())
 }
 
 /// (apply the visibility filter?, user id or -1) for [`RepositoryFilter`] queries.
@@ -2443,6 +2482,178 @@ mod tests {
             created_at: 1,
             updated_at: 1,
         }
+    }
+
+    /// Every row of the tables migration 9 rebuilds, and of `blob_contents` (whose rows a
+    /// rebuild with foreign keys on would delete by cascade), as JSON, in key order.
+    async fn rebuilt_tables(s: &SqlStore) -> Vec<String> {
+        const TABLES: &[(&str, &str)] = &[
+            ("blobs", "digest, size, storage_key, created_at, touched_at"),
+            (
+                "repository_blobs",
+                "repository_id, digest, created_at, touched_at",
+            ),
+            (
+                "manifest_references",
+                "repository_id, manifest_digest, child_digest, child_kind",
+            ),
+            ("tags", "repository_id, name, digest, updated_at"),
+            ("project_blobs", "project, digest, size, links"),
+            ("project_usage", "project, bytes, blobs"),
+            ("blob_contents", "digest, hex(content)"),
+        ];
+        let Pools::Sqlite { write, .. } = &s.pools else {
+            unreachable!()
+        };
+        let mut conn = write.get().await.unwrap();
+        let mut out = Vec::new();
+        for (table, columns) in TABLES {
+            let sql = format!(
+                "SELECT json_group_array(json_array({columns})) \
+                 FROM (SELECT * FROM {table} ORDER BY {columns})"
+            );
+            let rows: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            out.push(format!("{table}: {rows}"));
+        }
+        out
+    }
+
+    /// Migration 9 rebuilds six tables that other tables and triggers name. On a populated
+    /// database it keeps every row (and the inline bytes hanging off `blobs`), the tables
+    /// come back without rowids with their indexes, and quotas, cascades and foreign keys
+    /// work as before.
+    #[tokio::test]
+    async fn the_without_rowid_rebuild_keeps_a_populated_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let old = SqlStore::connect_through(&url, &SqlOptions::default(), 8)
+            .await
+            .unwrap();
+        old.create_project("team", false).await.unwrap().unwrap();
+        let app = old.ensure_repository("team/app").await.unwrap();
+        let lib = old.ensure_repository("team/lib").await.unwrap();
+        let blobs: Vec<String> = (1..=6).map(digest_of).collect();
+        for (i, b) in blobs.iter().enumerate() {
+            let bytes = vec![i as u8; 3];
+            let stored = format!("k{i}");
+            let what = if i % 2 == 0 {
+                BlobBytes::Inline(&bytes)
+            } else {
+                BlobBytes::Stored(&stored)
+            };
+            old.commit_blob(app, b, 100 + i as u64, what, "none", 0)
+                .await
+                .unwrap();
+        }
+        assert!(matches!(
+            old.link_blob(lib, &blobs[0]).await.unwrap(),
+            LinkOutcome::Linked { usage: None }
+        ));
+        let m1 = digest_of(101);
+        let m2 = digest_of(102);
+        for (m, refs, tag) in [(&m1, &blobs[..3], "v1"), (&m2, &blobs[2..], "v2")] {
+            let out = old.put_manifest(&manifest(app, m, refs, Some(tag))).await;
+            assert!(matches!(out.unwrap(), PutManifestOutcome::Stored { .. }));
+        }
+        let mut index = manifest(app, &digest_of(103), &[], Some("latest"));
+        index.manifest_refs = vec![m1.clone(), m2.clone()];
+        let out = old.put_manifest(&index).await.unwrap();
+        assert!(matches!(out, PutManifestOutcome::Stored { .. }));
+        let before = rebuilt_tables(&old).await;
+        let usage_before = old.project_usage("team").await.unwrap();
+        assert_eq!((usage_before.bytes, usage_before.blobs), (615, 6));
+        drop(old);
+
+        let s = SqlStore::connect(&url, &SqlOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(rebuilt_tables(&s).await, before);
+        let Pools::Sqlite { write, .. } = &s.pools else {
+            unreachable!()
+        };
+        {
+            let mut conn = write.get().await.unwrap();
+            let without_rowid: Vec<String> = sqlx::query_scalar(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' \
+                 AND sql LIKE '%WITHOUT ROWID' ORDER BY name",
+            )
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+            assert_eq!(
+                without_rowid,
+                [
+                    "blobs",
+                    "manifest_references",
+                    "project_blobs",
+                    "project_usage",
+                    "repository_blobs",
+                    "tags"
+                ]
+            );
+            let named: Vec<String> = sqlx::query_scalar(
+                "SELECT name FROM sqlite_schema WHERE type IN ('index', 'trigger') \
+                 AND name NOT LIKE 'sqlite_%' AND tbl_name IN ('blobs', 'repository_blobs', \
+                 'manifest_references', 'tags', 'project_blobs', 'project_usage') ORDER BY name",
+            )
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+            assert_eq!(
+                named,
+                [
+                    "blobs_storage_key",
+                    "manifest_references_child",
+                    "project_blobs_added",
+                    "project_blobs_removed",
+                    "repository_blobs_counted",
+                    "repository_blobs_digest",
+                    "repository_blobs_uncounted",
+                    "tags_digest"
+                ]
+            );
+            let enforced: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(enforced, 1);
+            let orphan = sqlx::query(
+                "INSERT INTO repository_blobs (repository_id, digest, created_at) \
+                 VALUES ($1, 'sha256:none', 0)",
+            )
+            .bind(app)
+            .execute(&mut *conn)
+            .await;
+            assert!(orphan.is_err(), "a link to an unknown blob must be refused");
+        }
+        // The bytes and the usage triggers survived with the tables.
+        let b = s
+            .find_blob("team/lib", &blobs[0], true)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.content.as_deref(), Some(&[0u8; 3][..]));
+        let d7 = digest_of(7);
+        s.commit_blob(lib, &d7, 1000, BlobBytes::Stored("k7"), "none", 0)
+            .await
+            .unwrap();
+        let usage = s.project_usage("team").await.unwrap();
+        assert_eq!((usage.bytes, usage.blobs), (1615, 7));
+        assert_eq!(s.recompute_project_usage("team").await.unwrap(), (1615, 7));
+        // Deleting a repository cascades through the rebuilt tables and the triggers.
+        s.delete_repository(app).await.unwrap();
+        let usage = s.project_usage("team").await.unwrap();
+        assert_eq!((usage.bytes, usage.blobs), (1100, 2));
+        assert_eq!(s.recompute_project_usage("team").await.unwrap(), (1100, 2));
+        assert!(
+            s.manifest_by_tag(app, "latest", false)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[tokio::test]
