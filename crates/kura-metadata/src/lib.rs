@@ -31,6 +31,10 @@ pub enum MetadataError {
     /// The write-ahead log could not be synced: what was committed may not survive a crash.
     #[error("cannot make the metadata commit durable: {0}")]
     Durability(std::io::Error),
+    /// The transaction this write shared with others (SQLite group commit) did not commit:
+    /// nothing of the write was stored.
+    #[error("metadata commit failed: {0}")]
+    SharedTransaction(String),
 }
 
 pub type Result<T, E = MetadataError> = std::result::Result<T, E>;

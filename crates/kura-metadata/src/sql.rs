@@ -20,7 +20,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use crate::checkpoint::Checkpointer;
-use crate::sqlite_conns::{SqliteConn, SqliteConns};
+use crate::sqlite_conns::{SharedTicket, SqliteConn, SqliteConns};
 use crate::wal_sync::WalSync;
 use crate::{
     AccessStore, ArtifactRecord, BlobBytes, BlobRecord, CommitOutcome, DeleteManifestOutcome,
@@ -96,7 +96,8 @@ const MIGRATION_LOCK_KEY: i64 = 0x6b75_7261_6d69_6772; // "kuramigr"
 pub(crate) enum Pools {
     Sqlite {
         read: SqliteConns,
-        write: SqliteConns,
+        /// Shared with the tasks that run shared-transaction members (see [`run_member`]).
+        write: Arc<SqliteConns>,
         /// Strict durability: group commit of the write-ahead log (see [`crate::wal_sync`]).
         wal: Option<Arc<WalSync>>,
         /// Checkpoints the log off the write connection (see [`crate::checkpoint`]); none
@@ -387,9 +388,10 @@ impl SqlStore {
             // The write connection checkpoints rarely: that stalls every writer (see
             // `checkpoint.rs`, whose task does the copying).
             let autocheckpoint = crate::checkpoint::WRITER_AUTOCHECKPOINT_PAGES.to_string();
-            let write =
+            let write = Arc::new(
                 SqliteConns::open(base.clone().pragma("wal_autocheckpoint", autocheckpoint), 1)
-                    .await?;
+                    .await?,
+            );
             let checkpointer = if in_memory {
                 None
             } else {
@@ -1103,6 +1105,57 @@ impl<'a> BlobCommit<'a> {
     }
 }
 
+/// [`BlobCommit`] owning its strings and bytes, for a task of its own ([`run_member`]).
+struct OwnedBlobCommit {
+    repository_id: i64,
+    digest: String,
+    size: u64,
+    storage_key: String,
+    content: Option<Vec<u8>>,
+    upload_id: String,
+    recorded_size: u64,
+}
+
+impl OwnedBlobCommit {
+    fn of(c: &BlobCommit<'_>) -> OwnedBlobCommit {
+        OwnedBlobCommit {
+            repository_id: c.repository_id,
+            digest: c.digest.to_owned(),
+            size: c.size,
+            storage_key: c.bytes.storage_key().to_owned(),
+            content: c.bytes.content().map(<[u8]>::to_vec),
+            upload_id: c.upload_id.to_owned(),
+            recorded_size: c.recorded_size,
+        }
+    }
+
+    fn borrow(&self) -> BlobCommit<'_> {
+        BlobCommit {
+            repository_id: self.repository_id,
+            digest: &self.digest,
+            size: self.size,
+            bytes: match &self.content {
+                Some(content) => BlobBytes::Inline(content),
+                None => BlobBytes::Stored(&self.storage_key),
+            },
+            upload_id: &self.upload_id,
+            recorded_size: self.recorded_size,
+        }
+    }
+}
+
+/// Runs a shared-transaction member (see `sqlite_conns`) as a task of its own, so that it
+/// runs to the end even when the request that started it is cancelled (a client gone): a
+/// member dropped half way through its batch closes the write connection, which rolls back
+/// its whole group, failing writers that had nothing to do with the cancelled one.
+async fn run_member<T: Send + 'static>(
+    member: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(member)
+        .await
+        .map_err(|e| MetadataError::SharedTransaction(format!("the write task failed: {e}")))?
+}
+
 /// The writes of a blob commit on SQLite, shared by [`commit_blob_unlimited`] and
 /// [`commit_blob_batched`]: $2 repository, $3 digest, $4 size, $5 storage key, $6 now,
 /// $7 inline content. Returns `('key', NULL, recorded storage key)`. An earlier commit of the
@@ -1127,21 +1180,34 @@ macro_rules! blob_writes {
 /// Entries of [`SqlStore::limited_repositories`] kept at most (then it starts over).
 const LIMITED_REPOSITORIES_MAX: usize = 4096;
 
-/// The end of a one-trip batch (one that ends with its own COMMIT): its rows, or the name of
-/// the check that stopped it, after rolling back. Any other error is returned as it is, and
-/// the connection's guard closes the connection, open transaction and all.
-async fn end_checked<T>(
+/// A member's batch in a shared transaction (see `sqlite_conns`), in its two forms: the
+/// first member's, which begins the transaction, and a later one's. Each runs between
+/// `SAVEPOINT member` and `RELEASE member`.
+macro_rules! member_batch {
+    ($($part:tt)*) => {
+        (
+            concat!("BEGIN; SAVEPOINT member; ", $($part)*, " RELEASE member;"),
+            concat!("SAVEPOINT member; ", $($part)*, " RELEASE member;"),
+        )
+    };
+}
+
+/// The end of a member's batch (see [`member_batch!`]): its rows and the ticket for the
+/// shared transaction's COMMIT, or the name of the check that stopped it, once its part is
+/// undone. Any other error is returned as it is, and the connection's guard closes the
+/// connection, shared transaction and all.
+async fn end_member<T>(
     write: &mut SqliteConn<'_>,
     result: Result<T, sqlx::Error>,
-) -> Result<Result<T, &'static str>> {
+) -> Result<Result<(T, SharedTicket), &'static str>> {
     match result {
         Ok(rows) => {
-            write.transaction_ended();
-            Ok(Ok(rows))
+            let ticket = write.shared_member_done().await?;
+            Ok(Ok((rows, ticket)))
         }
         Err(e) => match failed_check(&e) {
             Some(check) => {
-                write.end_transaction(false).await?;
+                write.shared_member_failed().await?;
                 Ok(Err(check))
             }
             None => Err(e.into()),
@@ -1163,46 +1229,46 @@ fn failed_check(e: &sqlx::Error) -> Option<&'static str> {
 }
 
 /// A blob commit on SQLite in one round trip, for a repository whose project has no storage
-/// limit (the common case): the batch ends with its own COMMIT, and each check that would
-/// refuse the commit stops the batch instead (`commit_checks`, migration 8). `None`: the
-/// project has a limit after all, nothing was recorded, and the checked batch
-/// ([`commit_blob_batched`]), which reports usage, must do the commit.
+/// limit (the common case): a member of a shared transaction (see `sqlite_conns`), with each
+/// check that would refuse the commit stopping the batch instead (`commit_checks`,
+/// migration 8). The ticket says when the commit is committed. `None`: the project has a
+/// limit after all, nothing was recorded, and the checked batch ([`commit_blob_batched`]),
+/// which reports usage, must do the commit.
 async fn commit_blob_unlimited(
     write: &mut SqliteConn<'_>,
     c: &BlobCommit<'_>,
-) -> Result<Option<CommitOutcome>> {
+) -> Result<Option<(CommitOutcome, Option<SharedTicket>)>> {
     // The statements of `commit_blob_batched`, with the limit and the session's
     // compare-and-set as checks rather than facts. $8 is the recorded size.
-    const SQL: &str = concat!(
-        "BEGIN; \
-        INSERT INTO commit_checks (storage_limit) SELECT NULL FROM repositories r \
+    const SQL: (&str, &str) = member_batch!(
+        "INSERT INTO commit_checks (storage_limit) SELECT NULL FROM repositories r \
         JOIN projects p ON p.name = r.project WHERE r.id = $2 AND p.storage_limit IS NOT NULL; \
         DELETE FROM uploads WHERE id = $1 AND size = $8; \
-        INSERT INTO commit_checks (upload_changed) SELECT NULL FROM uploads WHERE id = $1; \
-        ",
-        blob_writes!(),
-        " COMMIT;"
+        INSERT INTO commit_checks (upload_changed) SELECT NULL FROM uploads WHERE id = $1; ",
+        blob_writes!()
     );
+    let sql = if write.shared_open() { SQL.1 } else { SQL.0 };
     let now = now_ms();
     write.begin_in_batch();
     let result = c
-        .batch(SQL, now)
+        .batch(sql, now)
         .bind(c.recorded_size as i64)
         .fetch_all(&mut **write)
         .await;
-    let rows = match end_checked(write, result).await? {
-        Ok(rows) => rows,
-        Err("upload_changed") => return Ok(Some(CommitOutcome::UploadChanged)),
+    let (rows, ticket) = match end_member(write, result).await? {
+        Ok(done) => done,
+        Err("upload_changed") => return Ok(Some((CommitOutcome::UploadChanged, None))),
         Err(_) => return Ok(None),
     };
     let recorded = rows
         .into_iter()
         .find_map(|r| r.2)
         .ok_or_else(|| MetadataError::Config("blob commit returned no storage key".into()))?;
-    Ok(Some(CommitOutcome::Committed {
+    let outcome = CommitOutcome::Committed {
         storage_key: recorded,
         usage: None,
-    }))
+    };
+    Ok(Some((outcome, Some(ticket))))
 }
 
 /// A blob commit on SQLite in two round trips to its thread (BEGIN with one batch, then
@@ -1347,19 +1413,19 @@ fn manifest_batch<'q>(
 }
 
 /// A manifest PUT on SQLite in one round trip: the statements of [`put_manifest_batched`]
-/// with its refusals as checks that stop the batch (`commit_checks`, migration 8), and the
-/// batch's own COMMIT at the end. `None`: a reference is missing and nothing was recorded;
-/// the caller asks [`put_manifest_batched`], which lists what is missing.
+/// with its refusals as checks that stop the batch (`commit_checks`, migration 8), as a
+/// member of a shared transaction (see `sqlite_conns`); the ticket says when it is
+/// committed. `None`: a reference is missing and nothing was recorded; the caller asks
+/// [`put_manifest_batched`], which lists what is missing.
 async fn put_manifest_checked(
     write: &mut SqliteConn<'_>,
     m: &NewManifest,
     blobs: &[&str],
     manifests: &[&str],
-) -> Result<Option<PutManifestOutcome>> {
+) -> Result<Option<(PutManifestOutcome, Option<SharedTicket>)>> {
     // As in `put_manifest_batched`; $13 is whether the tag is immutable. A missing reference
     // is checked before the tag, as there.
-    const SQL: &str = concat!(
-        "BEGIN; ",
+    const SQL: (&str, &str) = member_batch!(
         manifest_reads!(),
         " INSERT INTO commit_checks (missing_reference) \
         SELECT NULL FROM json_each($11) j WHERE NOT EXISTS \
@@ -1369,17 +1435,18 @@ async fn put_manifest_checked(
         INSERT INTO commit_checks (tag_immutable) SELECT NULL FROM tags \
         WHERE $13 AND repository_id = $1 AND name = $4 AND digest <> $2; ",
         manifest_writes!(),
-        "; COMMIT;"
+        ";"
     );
+    let sql = if write.shared_open() { SQL.1 } else { SQL.0 };
     let now = now_ms();
     write.begin_in_batch();
-    let result = manifest_batch(SQL, m, blobs, manifests, now)
+    let result = manifest_batch(sql, m, blobs, manifests, now)
         .bind(m.immutable_tag)
         .fetch_all(&mut **write)
         .await;
-    let rows = match end_checked(write, result).await? {
-        Ok(rows) => rows,
-        Err("tag_immutable") => return Ok(Some(PutManifestOutcome::TagImmutable)),
+    let (rows, ticket) = match end_member(write, result).await? {
+        Ok(done) => done,
+        Err("tag_immutable") => return Ok(Some((PutManifestOutcome::TagImmutable, None))),
         Err(_) => return Ok(None),
     };
     let previous = rows
@@ -1388,11 +1455,12 @@ async fn put_manifest_checked(
         .map(|(_, d)| d.clone());
     let existed = rows.iter().any(|(w, _)| w == "existed");
     let tag_changed = m.tag.is_some() && previous.as_deref() != Some(m.digest.as_str());
-    Ok(Some(PutManifestOutcome::Stored {
+    let outcome = PutManifestOutcome::Stored {
         created: !existed,
         tag_changed,
         previous_tag_target: previous.filter(|d| *d != m.digest),
-    }))
+    };
+    Ok(Some((outcome, Some(ticket))))
 }
 
 /// A manifest PUT on SQLite in two round trips to its thread (BEGIN with one batch, then
@@ -1778,7 +1846,6 @@ impl MetadataStore for SqlStore {
                 upload_id,
                 recorded_size,
             };
-            let mut conn = write.get().await?;
             let limited = {
                 let set = self
                     .limited_repositories
@@ -1789,12 +1856,29 @@ impl MetadataStore for SqlStore {
             let quick = if limited {
                 None
             } else {
-                commit_blob_unlimited(&mut conn, &args).await?
+                let write = write.clone();
+                let owned = OwnedBlobCommit::of(&args);
+                run_member(async move {
+                    let mut conn = write.get_to_share().await?;
+                    let quick = commit_blob_unlimited(&mut conn, &owned.borrow()).await?;
+                    drop(conn);
+                    let Some((outcome, ticket)) = quick else {
+                        return Ok(None);
+                    };
+                    if let Some(ticket) = ticket {
+                        ticket.committed(&write).await?;
+                    }
+                    Ok(Some(outcome))
+                })
+                .await?
             };
             let outcome = match quick {
                 Some(outcome) => outcome,
                 None => {
+                    // A transaction of its own, which reports usage.
+                    let mut conn = write.get().await?;
                     let outcome = commit_blob_batched(&mut conn, &args).await?;
+                    drop(conn);
                     let mut set = self
                         .limited_repositories
                         .lock()
@@ -1815,7 +1899,6 @@ impl MetadataStore for SqlStore {
                     outcome
                 }
             };
-            drop(conn);
             if let Some(wal) = wal {
                 wal.barrier().await?;
             }
@@ -1990,13 +2073,34 @@ impl MetadataStore for SqlStore {
         let blobs = distinct(&m.blob_refs);
         let manifests = distinct(&m.manifest_refs);
         if let Pools::Sqlite { write, wal, .. } = &self.pools {
-            let mut conn = write.get().await?;
-            let outcome = match put_manifest_checked(&mut conn, m, &blobs, &manifests).await? {
-                Some(outcome) => outcome,
-                // A reference is missing: the fact-returning batch says which.
-                None => put_manifest_batched(&mut conn, m, &blobs, &manifests).await?,
+            let quick = {
+                let write = write.clone();
+                let m = m.clone();
+                run_member(async move {
+                    let blobs = distinct(&m.blob_refs);
+                    let manifests = distinct(&m.manifest_refs);
+                    let mut conn = write.get_to_share().await?;
+                    let quick = put_manifest_checked(&mut conn, &m, &blobs, &manifests).await?;
+                    drop(conn);
+                    let Some((outcome, ticket)) = quick else {
+                        return Ok(None);
+                    };
+                    if let Some(ticket) = ticket {
+                        ticket.committed(&write).await?;
+                    }
+                    Ok(Some(outcome))
+                })
+                .await?
             };
-            drop(conn);
+            let outcome = match quick {
+                Some(outcome) => outcome,
+                // A reference is missing: the fact-returning batch, a transaction of its
+                // own, says which.
+                None => {
+                    let mut conn = write.get().await?;
+                    put_manifest_batched(&mut conn, m, &blobs, &manifests).await?
+                }
+            };
             if let Some(wal) = wal {
                 wal.barrier().await?;
             }
@@ -2808,12 +2912,16 @@ mod tests {
             recorded_size,
         };
         let outcome = commit_blob_unlimited(&mut conn, &commit(0)).await.unwrap();
-        assert_eq!(outcome, Some(CommitOutcome::UploadChanged));
-        let outcome = commit_blob_unlimited(&mut conn, &commit(5)).await.unwrap();
         assert!(matches!(
             outcome,
-            Some(CommitOutcome::Committed { usage: None, .. })
+            Some((CommitOutcome::UploadChanged, None))
         ));
+        // Nobody else is queued, so each member commits its shared transaction at once.
+        let outcome = commit_blob_unlimited(&mut conn, &commit(5)).await.unwrap();
+        let Some((CommitOutcome::Committed { usage: None, .. }, Some(ticket))) = outcome else {
+            panic!("a commit that passes its checks is recorded: {outcome:?}");
+        };
+        assert!(!conn.shared_open());
         let m = |digest: &str, blobs: Vec<String>, immutable: bool| NewManifest {
             repository_id: repo,
             digest: digest.into(),
@@ -2834,25 +2942,109 @@ mod tests {
         let outcome = put_manifest_checked(&mut conn, &missing, &refs(&missing), &[])
             .await
             .unwrap();
-        assert_eq!(outcome, None);
+        assert!(outcome.is_none());
         let first = m(M1, vec![d.clone()], true);
         let outcome = put_manifest_checked(&mut conn, &first, &refs(&first), &[])
             .await
             .unwrap();
         assert!(matches!(
             outcome,
-            Some(PutManifestOutcome::Stored { created: true, .. })
+            Some((PutManifestOutcome::Stored { created: true, .. }, Some(_)))
         ));
         let other = m(&digest_of(79), vec![d.clone()], true);
         let outcome = put_manifest_checked(&mut conn, &other, &refs(&other), &[])
             .await
             .unwrap();
-        assert_eq!(outcome, Some(PutManifestOutcome::TagImmutable));
+        assert!(matches!(
+            outcome,
+            Some((PutManifestOutcome::TagImmutable, None))
+        ));
         drop(conn);
+        ticket.committed(write).await.unwrap();
         let tag = s
             .find_manifest("one/trip", ManifestKey::Tag("v1"), false)
             .await;
         assert_eq!(tag.unwrap().unwrap().digest, M1);
+    }
+
+    /// Writers racing through shared transactions (SQLite group commit), with refusals and
+    /// ordinary writers in between: every write that succeeded is there, every refused one
+    /// left nothing, and the usage counters the triggers keep still add up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_share_transactions_without_losing_or_leaking_work() {
+        let (_d, s) = sqlite().await;
+        let s = Arc::new(s);
+        s.create_project("race", false).await.unwrap().unwrap();
+        let repo = s.ensure_repository("race/app").await.unwrap();
+        let tasks: Vec<_> = (0..160usize)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let blob = digest_of(5000 + i);
+                    let bytes = vec![i as u8; 7];
+                    let what = if i % 2 == 0 {
+                        BlobBytes::Inline(&bytes)
+                    } else {
+                        BlobBytes::Stored("k")
+                    };
+                    let committed = s
+                        .commit_blob(repo, &blob, 7, what, "none", 0)
+                        .await
+                        .unwrap();
+                    assert!(matches!(committed, CommitOutcome::Committed { .. }));
+                    // Every fourth references a blob nobody pushed; every fifth is an
+                    // ordinary (exclusive) writer in between.
+                    let mut refs = vec![blob];
+                    if i % 4 == 3 {
+                        refs.push(digest_of(90_000 + i));
+                    }
+                    if i % 5 == 0 {
+                        s.ensure_repository(&format!("race/other{i}"))
+                            .await
+                            .unwrap();
+                    }
+                    let digest = digest_of(70_000 + i);
+                    let tag = format!("t{i}");
+                    let out = s
+                        .put_manifest(&manifest(repo, &digest, &refs, Some(&tag)))
+                        .await
+                        .unwrap();
+                    (i, digest, out)
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (i, digest, out) = t.await.unwrap();
+            let found = s.manifest_by_digest(repo, &digest, false).await.unwrap();
+            if i % 4 == 3 {
+                assert!(
+                    matches!(out, PutManifestOutcome::MissingReferences(ref m) if m.len() == 1),
+                    "{i}: {out:?}"
+                );
+                assert!(found.is_none(), "{i}: a refused manifest left a row");
+            } else {
+                assert!(
+                    matches!(out, PutManifestOutcome::Stored { created: true, .. }),
+                    "{i}: {out:?}"
+                );
+                assert!(found.is_some(), "{i}: a stored manifest is missing");
+                let tagged = s
+                    .manifest_by_tag(repo, &format!("t{i}"), false)
+                    .await
+                    .unwrap();
+                assert_eq!(tagged.map(|m| m.digest), Some(digest));
+            }
+        }
+        let usage = s.project_usage("race").await.unwrap();
+        assert_eq!((usage.bytes, usage.blobs), (160 * 7, 160));
+        assert_eq!(
+            s.recompute_project_usage("race").await.unwrap(),
+            (160 * 7, 160)
+        );
+        let Pools::Sqlite { write, .. } = &s.pools else {
+            unreachable!()
+        };
+        assert!(!write.get_to_share().await.unwrap().shared_open());
     }
 
     /// A blob committed with its bytes keeps them in its row, and the first commit of a

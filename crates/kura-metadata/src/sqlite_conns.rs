@@ -15,20 +15,98 @@
 //! A future dropped half way through a statement leaves nothing behind: sqlx queues the
 //! connection's commands in order, and a dropped transaction queues its own rollback before
 //! the next holder's first command.
+//!
+//! Shared transactions (group commit of whole transactions): a writer that takes the
+//! connection with [`SqliteConns::get_to_share`] runs its work between `SAVEPOINT member` and
+//! `RELEASE member` inside a transaction that it begins or that an earlier writer left open.
+//! It leaves the transaction open when another writer is already queued for the connection,
+//! and commits it when none is (or when [`MAX_MEMBERS`] have joined); every member waits for
+//! that COMMIT before it acknowledges anything. The pages all members change (a table's
+//! last leaf, the usage row, the B-tree interiors) are then written to the log once per
+//! group instead of once per writer: on SQLite's single writer those frames are most of a
+//! small commit's cost. Any other holder ([`SqliteConns::get`]) first commits an open shared
+//! transaction, so no other code sees, extends or depends on one. A member whose own checks
+//! fail rolls back to its savepoint, leaving the others' work in place; an error that
+//! closes the connection fails every member (none of them has acknowledged anything).
 
 use std::ops::{Deref, DerefMut};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::ConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use crate::Result;
+use crate::{MetadataError, Result};
 
 /// How long a connection may sit unused before it is closed (sqlx's pool default).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Members a shared transaction takes at most before it is committed (bounds how long the
+/// first one waits).
+pub(crate) const MAX_MEMBERS: u32 = 64;
+
+/// How long a member waits for its group's COMMIT before it commits the group itself: the
+/// writer that was queued when the group was left open may have been cancelled since. Under
+/// a steady stream of writers this also bounds how long a group stays open.
+const MEMBER_PATIENCE: Duration = Duration::from_millis(5);
+
+/// What a shared transaction's members learn: `None` until it ended, then whether it
+/// committed.
+type SharedOutcome = Option<std::result::Result<(), Arc<str>>>;
+
+/// The transaction left open on a set's (single) connection for the next writer to join.
+struct Shared {
+    members: u32,
+    outcome: tokio::sync::watch::Sender<SharedOutcome>,
+}
+
+impl Shared {
+    fn end(&self, outcome: std::result::Result<(), Arc<str>>) {
+        self.outcome.send_replace(Some(outcome));
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Every path that ends the transaction says how; anything else lost it.
+        if self.outcome.borrow().is_none() {
+            self.end(Err("the shared transaction was abandoned".into()));
+        }
+    }
+}
+
+/// A member's claim on its shared transaction's outcome.
+#[derive(Debug)]
+pub(crate) struct SharedTicket {
+    outcome: tokio::sync::watch::Receiver<SharedOutcome>,
+}
+
+impl SharedTicket {
+    /// Returns once the member's transaction is committed (an error if it was rolled back).
+    pub(crate) async fn committed(mut self, set: &SqliteConns) -> Result<()> {
+        loop {
+            if let Some(outcome) = self.outcome.borrow_and_update().clone() {
+                return outcome.map_err(|e| MetadataError::SharedTransaction(e.to_string()));
+            }
+            match tokio::time::timeout(MEMBER_PATIENCE, self.outcome.changed()).await {
+                Ok(Ok(())) => {}
+                // The sender is gone: `Shared`'s drop has stored the outcome first.
+                Ok(Err(_)) => {
+                    let outcome = self.outcome.borrow().clone();
+                    return match outcome {
+                        Some(Ok(())) => Ok(()),
+                        Some(Err(e)) => Err(MetadataError::SharedTransaction(e.to_string())),
+                        None => Err(MetadataError::SharedTransaction("lost".into())),
+                    };
+                }
+                // Taking the connection the ordinary way commits whatever is shared.
+                Err(_) => drop(set.get().await?),
+            }
+        }
+    }
+}
 
 pub(crate) struct SqliteConns {
     options: SqliteConnectOptions,
@@ -38,6 +116,19 @@ pub(crate) struct SqliteConns {
     permits: Semaphore,
     max: u32,
     open: AtomicU32,
+    /// Tasks queued for a connection: a shared transaction is left open only for one.
+    waiting: AtomicU32,
+    /// The shared transaction open on the connection, if any (sets of one connection only).
+    shared: Mutex<Option<Shared>>,
+}
+
+/// Counts a task in [`SqliteConns::waiting`] while it queues, cancelled or not.
+struct Queued<'a>(&'a AtomicU32);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One connection, returned to its set when dropped.
@@ -73,16 +164,30 @@ impl SqliteConns {
             permits: Semaphore::new(max as usize),
             max,
             open: AtomicU32::new(1),
+            waiting: AtomicU32::new(0),
+            shared: Mutex::new(None),
         })
     }
 
-    /// Waits for a connection (first come, first served), opening one if none is idle.
+    /// Waits for a connection (first come, first served), opening one if none is idle. A
+    /// shared transaction left open on it is committed first.
     pub(crate) async fn get(&self) -> Result<SqliteConn<'_>> {
+        let mut conn = self.get_to_share().await?;
+        conn.exclusive().await?;
+        Ok(conn)
+    }
+
+    /// [`SqliteConns::get`] for a writer that joins a shared transaction: one open on the
+    /// connection stays open (see [`SqliteConn::shared_open`]).
+    pub(crate) async fn get_to_share(&self) -> Result<SqliteConn<'_>> {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let queued = Queued(&self.waiting);
         let permit = self
             .permits
             .acquire()
             .await
             .expect("the semaphore is never closed");
+        drop(queued);
         let idle = self.idle.lock().expect("not poisoned").pop();
         let conn = match idle {
             Some((c, _)) => c,
@@ -115,12 +220,6 @@ impl SqliteConn<'_> {
         self.raw_transaction = true;
     }
 
-    /// Notes that the batch marked by [`SqliteConn::begin_in_batch`] ended its transaction
-    /// itself (its last statement was `COMMIT`, and it ran to the end).
-    pub(crate) fn transaction_ended(&mut self) {
-        self.raw_transaction = false;
-    }
-
     /// Ends the transaction marked by [`SqliteConn::begin_in_batch`] with `COMMIT` or
     /// `ROLLBACK`.
     pub(crate) async fn end_transaction(&mut self, commit: bool) -> Result<()> {
@@ -128,6 +227,97 @@ impl SqliteConn<'_> {
         sqlx::query(sql).execute(&mut **self).await?;
         self.raw_transaction = false;
         Ok(())
+    }
+
+    /// Whether a shared transaction is open on this connection: a member's batch then starts
+    /// with `SAVEPOINT member`, otherwise with `BEGIN; SAVEPOINT member`.
+    pub(crate) fn shared_open(&self) -> bool {
+        self.set.shared.lock().expect("not poisoned").is_some()
+    }
+
+    /// After a member's batch ran to its `RELEASE member` (begun with
+    /// [`SqliteConn::begin_in_batch`]): counts it in the shared transaction, which it opened
+    /// if none was open, and commits the transaction unless another writer is queued to join.
+    pub(crate) async fn shared_member_done(&mut self) -> Result<SharedTicket> {
+        let ticket = {
+            let mut shared = self.set.shared.lock().expect("not poisoned");
+            let shared = shared.get_or_insert_with(|| Shared {
+                members: 0,
+                outcome: tokio::sync::watch::channel(None).0,
+            });
+            shared.members += 1;
+            SharedTicket {
+                outcome: shared.outcome.subscribe(),
+            }
+        };
+        // The transaction is open on purpose now: dropping the guard keeps the connection.
+        self.raw_transaction = false;
+        self.settle_shared().await?;
+        Ok(ticket)
+    }
+
+    /// After a member's batch stopped on one of its checks: undoes what it did (all of the
+    /// transaction if the member began it, else back to its savepoint) and settles the
+    /// others' transaction as [`SqliteConn::shared_member_done`] would.
+    pub(crate) async fn shared_member_failed(&mut self) -> Result<()> {
+        if self.shared_open() {
+            sqlx::raw_sql("ROLLBACK TO member; RELEASE member")
+                .execute(&mut **self)
+                .await?;
+            self.raw_transaction = false;
+            self.settle_shared().await
+        } else {
+            self.end_transaction(false).await
+        }
+    }
+
+    /// Commits a shared transaction open on the connection, making it the caller's alone (as
+    /// [`SqliteConns::get`] hands it out).
+    pub(crate) async fn exclusive(&mut self) -> Result<()> {
+        if self.shared_open() {
+            self.commit_shared().await?;
+        }
+        Ok(())
+    }
+
+    /// Commits the shared transaction when no writer is queued to join it, or it is full.
+    async fn settle_shared(&mut self) -> Result<()> {
+        let commit = {
+            let shared = self.set.shared.lock().expect("not poisoned");
+            shared.as_ref().is_some_and(|s| {
+                s.members >= MAX_MEMBERS || self.set.waiting.load(Ordering::Acquire) == 0
+            })
+        };
+        if commit {
+            self.commit_shared().await?;
+        }
+        Ok(())
+    }
+
+    /// Commits the shared transaction and tells its members. The transaction stays
+    /// registered until the COMMIT has answered: a guard dropped before that closes the
+    /// connection and fails the members rather than leave them waiting.
+    async fn commit_shared(&mut self) -> Result<()> {
+        self.raw_transaction = true;
+        let result = sqlx::query("COMMIT").execute(&mut **self).await;
+        let shared = self.set.shared.lock().expect("not poisoned").take();
+        match result {
+            Ok(_) => {
+                self.raw_transaction = false;
+                if let Some(shared) = shared {
+                    shared.end(Ok(()));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(shared) = shared {
+                    shared.end(Err(format!("commit failed: {e}").into()));
+                }
+                // `raw_transaction` stays set: the guard closes the connection, rolling
+                // back whatever the failed COMMIT left open.
+                Err(e.into())
+            }
+        }
     }
 }
 
@@ -150,7 +340,14 @@ impl Drop for SqliteConn<'_> {
         if self.raw_transaction {
             // Dropping the connection closes it once its thread has run what it was sent
             // (SQLite rolls back what is open); the next holder opens a new one, waiting on
-            // SQLite's lock (busy timeout) until this one is gone.
+            // SQLite's lock (busy timeout) until this one is gone. A shared transaction open
+            // on it goes too, and its members learn so.
+            let shared = self.set.shared.lock().expect("not poisoned").take();
+            if let Some(shared) = shared {
+                shared.end(Err(
+                    "the connection was closed in the middle of a batch".into()
+                ));
+            }
             self.set.open.fetch_sub(1, Ordering::Relaxed);
             drop(c);
             return;
@@ -284,6 +481,154 @@ mod tests {
                 .unwrap();
             // Dropped without commit.
         }
+        assert!(rows(&set).await.is_empty());
+    }
+
+    /// Runs a member's batch inserting `x` (in the form for an open shared transaction or
+    /// not) and registers it, as the one-trip batches in `sql.rs` do.
+    async fn member(c: &mut SqliteConn<'_>, x: i64) -> SharedTicket {
+        let sql = if c.shared_open() {
+            "SAVEPOINT member; INSERT INTO t VALUES ($1); RELEASE member;"
+        } else {
+            "BEGIN; SAVEPOINT member; INSERT INTO t VALUES ($1); RELEASE member;"
+        };
+        c.begin_in_batch();
+        sqlx::query(sql).bind(x).execute(&mut **c).await.unwrap();
+        c.shared_member_done().await.unwrap()
+    }
+
+    /// Rows committed, as a separate connection sees them.
+    async fn committed_rows(dir: &tempfile::TempDir) -> Vec<i64> {
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let mut c = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query_scalar("SELECT x FROM t ORDER BY x")
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+    }
+
+    /// A member with nobody queued behind it commits at once.
+    #[tokio::test]
+    async fn a_lone_member_commits_its_shared_transaction_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = set_with_table(&dir, 1, IDLE_TIMEOUT).await;
+        let mut c = set.get_to_share().await.unwrap();
+        let ticket = member(&mut c, 1).await;
+        assert!(!c.shared_open());
+        drop(c);
+        ticket.committed(&set).await.unwrap();
+        assert_eq!(committed_rows(&dir).await, vec![1]);
+    }
+
+    /// With a writer queued, a member leaves the transaction open; the queued one joins it and,
+    /// last in line, commits both. Until then nothing of either is visible.
+    #[tokio::test]
+    async fn a_queued_writer_joins_and_commits_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = std::sync::Arc::new(set_with_table(&dir, 1, IDLE_TIMEOUT).await);
+        let mut c = set.get_to_share().await.unwrap();
+        let second = {
+            let set = set.clone();
+            tokio::spawn(async move {
+                let mut c = set.get_to_share().await.unwrap();
+                assert!(
+                    c.shared_open(),
+                    "the first member left its transaction open"
+                );
+                let ticket = member(&mut c, 2).await;
+                drop(c);
+                ticket.committed(&set).await
+            })
+        };
+        while set.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let first = member(&mut c, 1).await;
+        assert!(c.shared_open());
+        drop(c);
+        assert!(committed_rows(&dir).await.is_empty() || second.is_finished());
+        second.await.unwrap().unwrap();
+        first.committed(&set).await.unwrap();
+        assert_eq!(committed_rows(&dir).await, vec![1, 2]);
+    }
+
+    /// A member whose checks fail takes back its own part only; an ordinary holder commits
+    /// what the others left open before it gets the connection.
+    #[tokio::test]
+    async fn a_failed_member_undoes_its_part_and_get_commits_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = set_with_table(&dir, 1, IDLE_TIMEOUT).await;
+        let mut c = set.get_to_share().await.unwrap();
+        // Pretend a writer is queued, so the group stays open.
+        set.waiting.fetch_add(1, Ordering::AcqRel);
+        let first = member(&mut c, 1).await;
+        c.begin_in_batch();
+        sqlx::query("SAVEPOINT member; INSERT INTO t VALUES (2);")
+            .execute(&mut *c)
+            .await
+            .unwrap();
+        c.shared_member_failed().await.unwrap();
+        assert!(
+            c.shared_open(),
+            "the first member's transaction is still open"
+        );
+        drop(c);
+        set.waiting.fetch_sub(1, Ordering::AcqRel);
+        assert!(committed_rows(&dir).await.is_empty());
+        let c = set.get().await.unwrap();
+        assert!(!c.shared_open());
+        drop(c);
+        first.committed(&set).await.unwrap();
+        assert_eq!(committed_rows(&dir).await, vec![1]);
+    }
+
+    /// A group left open for a writer that then gave up is committed by its members, who
+    /// stop waiting after [`MEMBER_PATIENCE`].
+    #[tokio::test]
+    async fn members_commit_a_group_left_for_a_writer_that_gave_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = std::sync::Arc::new(set_with_table(&dir, 1, IDLE_TIMEOUT).await);
+        let mut c = set.get_to_share().await.unwrap();
+        let gave_up = {
+            let set = set.clone();
+            tokio::spawn(async move { drop(set.get_to_share().await) })
+        };
+        while set.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let ticket = member(&mut c, 1).await;
+        assert!(c.shared_open());
+        gave_up.abort();
+        assert!(gave_up.await.unwrap_err().is_cancelled());
+        assert_eq!(set.waiting.load(Ordering::Acquire), 0);
+        drop(c);
+        ticket.committed(&set).await.unwrap();
+        assert_eq!(committed_rows(&dir).await, vec![1]);
+    }
+
+    /// A member cancelled in the middle of its batch closes the connection, which rolls back
+    /// the whole group; the members that joined before learn that nothing was stored.
+    #[tokio::test]
+    async fn a_member_cancelled_mid_batch_fails_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = set_with_table(&dir, 1, IDLE_TIMEOUT).await;
+        let mut c = set.get_to_share().await.unwrap();
+        set.waiting.fetch_add(1, Ordering::AcqRel);
+        let first = member(&mut c, 1).await;
+        c.begin_in_batch();
+        sqlx::query("SAVEPOINT member; INSERT INTO t VALUES (2);")
+            .execute(&mut *c)
+            .await
+            .unwrap();
+        drop(c);
+        set.waiting.fetch_sub(1, Ordering::AcqRel);
+        let err = first.committed(&set).await.unwrap_err();
+        assert!(matches!(err, MetadataError::SharedTransaction(_)), "{err}");
+        assert!(committed_rows(&dir).await.is_empty());
         assert!(rows(&set).await.is_empty());
     }
 }
