@@ -386,11 +386,18 @@ impl SqlStore {
             let wal =
                 (options.durable_commits && !in_memory).then(|| WalSync::new(base.get_filename()));
             // The write connection checkpoints rarely: that stalls every writer (see
-            // `checkpoint.rs`, whose task does the copying).
+            // `checkpoint.rs`, whose task does the copying). Its statement journals (the
+            // savepoints of a shared transaction's members) stay in memory: past 64 KiB
+            // SQLite would spill one to a temporary file (open, writes, unlink per group).
             let autocheckpoint = crate::checkpoint::WRITER_AUTOCHECKPOINT_PAGES.to_string();
             let write = Arc::new(
-                SqliteConns::open(base.clone().pragma("wal_autocheckpoint", autocheckpoint), 1)
-                    .await?,
+                SqliteConns::open(
+                    base.clone()
+                        .pragma("wal_autocheckpoint", autocheckpoint)
+                        .pragma("temp_store", "memory"),
+                    1,
+                )
+                .await?,
             );
             let checkpointer = if in_memory {
                 None
