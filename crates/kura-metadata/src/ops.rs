@@ -255,6 +255,9 @@ pub trait OpsStore: Send + Sync + 'static {
     async fn purge_deliveries(&self, before_ms: i64) -> Result<u64>;
 
     fn pool_stats(&self) -> Vec<PoolStats>;
+    /// Writes committed together (SQLite's shared transactions): (groups committed, writes
+    /// they held) since start; `None` where writes are not grouped (PostgreSQL).
+    fn commit_groups(&self) -> Option<(u64, u64)>;
     /// Upload sessions open across the cluster.
     async fn uploads_in_progress(&self) -> Result<u64>;
     /// Stored bytes per project (distinct blobs), every project with usage.
@@ -880,6 +883,13 @@ impl OpsStore for SqlStore {
                 vec![sqlite("read", read), sqlite("write", write)]
             }
             Pools::Postgres(pg) => vec![stats("main", pg)],
+        }
+    }
+
+    fn commit_groups(&self) -> Option<(u64, u64)> {
+        match &self.pools {
+            Pools::Sqlite { write, .. } => Some(write.shared_commit_stats()),
+            Pools::Postgres(_) => None,
         }
     }
 

@@ -30,7 +30,7 @@
 //! closes the connection fails every member (none of them has acknowledged anything).
 
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -120,6 +120,9 @@ pub(crate) struct SqliteConns {
     waiting: AtomicU32,
     /// The shared transaction open on the connection, if any (sets of one connection only).
     shared: Mutex<Option<Shared>>,
+    /// Shared transactions committed, and the members they held (for metrics).
+    shared_commits: AtomicU64,
+    shared_members: AtomicU64,
 }
 
 /// Counts a task in [`SqliteConns::waiting`] while it queues, cancelled or not.
@@ -166,6 +169,8 @@ impl SqliteConns {
             open: AtomicU32::new(1),
             waiting: AtomicU32::new(0),
             shared: Mutex::new(None),
+            shared_commits: AtomicU64::new(0),
+            shared_members: AtomicU64::new(0),
         })
     }
 
@@ -209,6 +214,14 @@ impl SqliteConns {
     pub(crate) fn stats(&self) -> (u32, u32, u32) {
         let idle = self.idle.lock().expect("not poisoned").len() as u32;
         (self.open.load(Ordering::Relaxed), idle, self.max)
+    }
+
+    /// (shared transactions committed, members they held) since the set was opened.
+    pub(crate) fn shared_commit_stats(&self) -> (u64, u64) {
+        (
+            self.shared_commits.load(Ordering::Relaxed),
+            self.shared_members.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -305,6 +318,10 @@ impl SqliteConn<'_> {
             Ok(_) => {
                 self.raw_transaction = false;
                 if let Some(shared) = shared {
+                    self.set.shared_commits.fetch_add(1, Ordering::Relaxed);
+                    self.set
+                        .shared_members
+                        .fetch_add(u64::from(shared.members), Ordering::Relaxed);
                     shared.end(Ok(()));
                 }
                 Ok(())
@@ -554,6 +571,11 @@ mod tests {
         second.await.unwrap().unwrap();
         first.committed(&set).await.unwrap();
         assert_eq!(committed_rows(&dir).await, vec![1, 2]);
+        assert_eq!(
+            set.shared_commit_stats(),
+            (1, 2),
+            "one commit for both members"
+        );
     }
 
     /// A member whose checks fail takes back its own part only; an ordinary holder commits

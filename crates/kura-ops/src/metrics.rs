@@ -150,6 +150,14 @@ pub fn describe() {
         "kura_webhook_events_dropped_total",
         "Events not announced because the webhook queue was full"
     );
+    describe_counter!(
+        "kura_db_commit_groups_total",
+        "SQLite transactions that committed a group of writes together (manifest PUTs, blob commits)"
+    );
+    describe_counter!(
+        "kura_db_grouped_writes_total",
+        "Writes committed in those groups: divided by kura_db_commit_groups_total, the mean group size"
+    );
     describe_gauge!(
         "process_resident_memory_bytes",
         Unit::Bytes,
@@ -178,6 +186,10 @@ pub async fn refresh(store: &dyn OpsStore, pending_uploads: u64) {
         metrics::gauge!("kura_db_pool_connections", "pool" => p.pool, "state" => "in_use")
             .set(f64::from(busy));
         metrics::gauge!("kura_db_pool_max_connections", "pool" => p.pool).set(f64::from(p.max));
+    }
+    if let Some((groups, writes)) = store.commit_groups() {
+        metrics::counter!("kura_db_commit_groups_total").absolute(groups);
+        metrics::counter!("kura_db_grouped_writes_total").absolute(writes);
     }
     match store.uploads_in_progress().await {
         Ok(n) => metrics::gauge!("kura_uploads_in_progress").set((n + pending_uploads) as f64),

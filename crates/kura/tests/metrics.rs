@@ -891,6 +891,16 @@ async fn promtool_accepts_the_exposition_and_counters_match_the_traffic() {
         "manifest_pulled {pulled}: two GETs and one HEAD were made"
     );
 
+    // Grouped SQLite commits: four blob commits and two manifest PUTs, made one after the
+    // other, so each was a group of one. PostgreSQL does not group.
+    let backend = std::env::var("KURA_TEST_BACKEND").unwrap_or_else(|_| "sqlite+fs".into());
+    if backend.starts_with("sqlite") {
+        assert_eq!(m.must("kura_db_grouped_writes_total", &[]), 6.0);
+        assert_eq!(m.must("kura_db_commit_groups_total", &[]), 6.0);
+    } else {
+        assert_eq!(m.get("kura_db_commit_groups_total", &[]), None);
+    }
+
     // Scrape-time gauges.
     assert_eq!(m.must("kura_uploads_in_progress", &[]), 0.0);
     assert_eq!(
