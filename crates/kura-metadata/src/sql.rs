@@ -560,6 +560,9 @@ async fn apply_sqlite_migrations(conn: &mut sqlx::SqliteConnection, last: i64) -
         if done.is_some() {
             continue;
         }
+        // Said before, not only after: one that rebuilds tables (9) takes seconds on a large
+        // database, during which the registry does not answer yet.
+        tracing::info!(version, name, "applying sqlite migration");
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         sqlx::raw_sql(*ddl)
             .execute(&mut *tx)
