@@ -1154,6 +1154,21 @@ impl OwnedBlobCommit {
     }
 }
 
+/// A one-trip member's outcome once its group has committed (see `sqlite_conns`): `None`
+/// when the member recorded nothing and the caller needs a transaction of its own.
+async fn member_outcome<T>(
+    write: &SqliteConns,
+    member: Option<(T, Option<SharedTicket>)>,
+) -> Result<Option<T>> {
+    let Some((outcome, ticket)) = member else {
+        return Ok(None);
+    };
+    if let Some(ticket) = ticket {
+        ticket.committed(write).await?;
+    }
+    Ok(Some(outcome))
+}
+
 /// Runs a shared-transaction member (see `sqlite_conns`) as a task of its own, so that it
 /// runs to the end even when the request that started it is cancelled (a client gone): a
 /// member dropped half way through its batch closes the write connection, which rolls back
@@ -1872,13 +1887,7 @@ impl MetadataStore for SqlStore {
                     let mut conn = write.get_to_share().await?;
                     let quick = commit_blob_unlimited(&mut conn, &owned.borrow()).await?;
                     drop(conn);
-                    let Some((outcome, ticket)) = quick else {
-                        return Ok(None);
-                    };
-                    if let Some(ticket) = ticket {
-                        ticket.committed(&write).await?;
-                    }
-                    Ok(Some(outcome))
+                    member_outcome(&write, quick).await
                 })
                 .await?
             };
@@ -2092,13 +2101,7 @@ impl MetadataStore for SqlStore {
                     let mut conn = write.get_to_share().await?;
                     let quick = put_manifest_checked(&mut conn, &m, &blobs, &manifests).await?;
                     drop(conn);
-                    let Some((outcome, ticket)) = quick else {
-                        return Ok(None);
-                    };
-                    if let Some(ticket) = ticket {
-                        ticket.committed(&write).await?;
-                    }
-                    Ok(Some(outcome))
+                    member_outcome(&write, quick).await
                 })
                 .await?
             };

@@ -92,15 +92,10 @@ impl SharedTicket {
             }
             match tokio::time::timeout(MEMBER_PATIENCE, self.outcome.changed()).await {
                 Ok(Ok(())) => {}
-                // The sender is gone: `Shared`'s drop has stored the outcome first.
-                Ok(Err(_)) => {
-                    let outcome = self.outcome.borrow().clone();
-                    return match outcome {
-                        Some(Ok(())) => Ok(()),
-                        Some(Err(e)) => Err(MetadataError::SharedTransaction(e.to_string())),
-                        None => Err(MetadataError::SharedTransaction("lost".into())),
-                    };
-                }
+                // The sender is gone: `Shared`'s drop has stored the outcome first, which the
+                // next turn reads.
+                Ok(Err(_)) if self.outcome.borrow().is_some() => {}
+                Ok(Err(_)) => return Err(MetadataError::SharedTransaction("lost".into())),
                 // Taking the connection the ordinary way commits whatever is shared.
                 Err(_) => drop(set.get().await?),
             }
@@ -178,7 +173,9 @@ impl SqliteConns {
     /// shared transaction left open on it is committed first.
     pub(crate) async fn get(&self) -> Result<SqliteConn<'_>> {
         let mut conn = self.get_to_share().await?;
-        conn.exclusive().await?;
+        if conn.shared_open() {
+            conn.commit_shared().await?;
+        }
         Ok(conn)
     }
 
@@ -282,15 +279,6 @@ impl SqliteConn<'_> {
         } else {
             self.end_transaction(false).await
         }
-    }
-
-    /// Commits a shared transaction open on the connection, making it the caller's alone (as
-    /// [`SqliteConns::get`] hands it out).
-    pub(crate) async fn exclusive(&mut self) -> Result<()> {
-        if self.shared_open() {
-            self.commit_shared().await?;
-        }
-        Ok(())
     }
 
     /// Commits the shared transaction when no writer is queued to join it, or it is full.
@@ -514,6 +502,22 @@ mod tests {
         c.shared_member_done().await.unwrap()
     }
 
+    /// A group left open by member 1 (a writer is counted as queued: the caller takes that
+    /// back), and member 2's batch run up to its insert: its checks would stop it here.
+    async fn group_with_a_second_member_half_way(
+        set: &SqliteConns,
+    ) -> (SqliteConn<'_>, SharedTicket) {
+        let mut c = set.get_to_share().await.unwrap();
+        set.waiting.fetch_add(1, Ordering::AcqRel);
+        let first = member(&mut c, 1).await;
+        c.begin_in_batch();
+        sqlx::query("SAVEPOINT member; INSERT INTO t VALUES (2);")
+            .execute(&mut *c)
+            .await
+            .unwrap();
+        (c, first)
+    }
+
     /// Rows committed, as a separate connection sees them.
     async fn committed_rows(dir: &tempfile::TempDir) -> Vec<i64> {
         let url = format!("sqlite://{}/t.db", dir.path().display());
@@ -584,15 +588,7 @@ mod tests {
     async fn a_failed_member_undoes_its_part_and_get_commits_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let set = set_with_table(&dir, 1, IDLE_TIMEOUT).await;
-        let mut c = set.get_to_share().await.unwrap();
-        // Pretend a writer is queued, so the group stays open.
-        set.waiting.fetch_add(1, Ordering::AcqRel);
-        let first = member(&mut c, 1).await;
-        c.begin_in_batch();
-        sqlx::query("SAVEPOINT member; INSERT INTO t VALUES (2);")
-            .execute(&mut *c)
-            .await
-            .unwrap();
+        let (mut c, first) = group_with_a_second_member_half_way(&set).await;
         c.shared_member_failed().await.unwrap();
         assert!(
             c.shared_open(),
@@ -638,14 +634,7 @@ mod tests {
     async fn a_member_cancelled_mid_batch_fails_the_group() {
         let dir = tempfile::tempdir().unwrap();
         let set = set_with_table(&dir, 1, IDLE_TIMEOUT).await;
-        let mut c = set.get_to_share().await.unwrap();
-        set.waiting.fetch_add(1, Ordering::AcqRel);
-        let first = member(&mut c, 1).await;
-        c.begin_in_batch();
-        sqlx::query("SAVEPOINT member; INSERT INTO t VALUES (2);")
-            .execute(&mut *c)
-            .await
-            .unwrap();
+        let (c, first) = group_with_a_second_member_half_way(&set).await;
         drop(c);
         set.waiting.fetch_sub(1, Ordering::AcqRel);
         let err = first.committed(&set).await.unwrap_err();
