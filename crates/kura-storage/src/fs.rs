@@ -18,8 +18,12 @@
 //! either wholly visible or absent. With strict durability the data file and both directories
 //! are fsync'ed before the commit returns.
 
+use std::collections::VecDeque;
 use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -56,7 +60,7 @@ pub struct FsBlobStore {
     /// refuses it. Relaxed durability too: it skips the syncs, but the copy into the page
     /// cache is what bounds a large push on this VM once memory holds a few GiB of cached
     /// files (BENCHMARKS.md, session 9).
-    direct_writes: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    direct_writes: Arc<AtomicBool>,
 }
 
 impl FsBlobStore {
@@ -69,7 +73,7 @@ impl FsBlobStore {
             root,
             durability,
             cached_reads: true,
-            direct_writes: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            direct_writes: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -123,89 +127,167 @@ async fn sorted_entries(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// The writing half of [`FsBlobStore::append_upload`]: one blocking write in flight at a
-/// time, the file opened by the first, buffers handed back for reuse.
+/// The writing half of [`FsBlobStore::append_upload`]: full buffers go into a queue that one
+/// blocking job drains in order, opening the file with its first write and handing buffers
+/// back for reuse. The receiver waits only when [`WRITES_QUEUED`] buffers are already waiting:
+/// with one write in flight at a time and the receiver waiting for it, receiving, hashing and
+/// writing took turns (BENCHMARKS.md, session 13).
 struct UploadWriter {
-    path: PathBuf,
-    upload_id: String,
+    shared: Arc<Mutex<Writes>>,
     /// The recorded position the append started from (where the file is cut when opened).
     start: u64,
     /// Where the next buffer goes.
     offset: u64,
-    direct: std::sync::Arc<std::sync::atomic::AtomicBool>,
     early_writeback: bool,
     since_writeback: usize,
+}
+
+/// Full buffers that may wait for the writing job before the receiver stops.
+const WRITES_QUEUED: usize = 2;
+
+/// What an [`UploadWriter`] and its writing job share.
+struct Writes {
+    path: PathBuf,
+    upload_id: String,
+    start: u64,
+    direct: Arc<AtomicBool>,
+    /// `None` until the first write opens it, and while the job holds it.
     file: Option<UploadFile>,
-    in_flight: Option<tokio::task::JoinHandle<Result<(UploadFile, WriteBuffer)>>>,
-    spare: Option<WriteBuffer>,
+    queue: VecDeque<QueuedWrite>,
+    draining: bool,
+    /// The first write that failed; the writes queued after it were dropped.
+    failed: Option<StorageError>,
+    /// Set once `failed` was handed out, so later calls fail too.
+    broken: bool,
+    spares: Vec<WriteBuffer>,
+    waiter: Option<Waker>,
+}
+
+struct QueuedWrite {
+    buf: WriteBuffer,
+    offset: u64,
+    last: bool,
+    writeback: bool,
+}
+
+fn lock_writes(w: &Mutex<Writes>) -> MutexGuard<'_, Writes> {
+    w.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Writes {
+    fn take_failure(&mut self) -> Option<StorageError> {
+        if let Some(e) = self.failed.take() {
+            self.broken = true;
+            return Some(e);
+        }
+        self.broken
+            .then(|| StorageError::Io(io::Error::other("an earlier write of this append failed")))
+    }
 }
 
 impl UploadWriter {
-    /// A buffer for bytes from file offset `offset` on: the spare one when it is full-sized;
-    /// else a full-sized one, or for the append's first buffer one sized for the `first`
-    /// chunk (at most WRITE_BUFFER), so that a small body allocates little.
+    fn new(
+        path: PathBuf,
+        upload_id: &str,
+        start: u64,
+        direct: Arc<AtomicBool>,
+        early_writeback: bool,
+    ) -> UploadWriter {
+        UploadWriter {
+            shared: Arc::new(Mutex::new(Writes {
+                path,
+                upload_id: upload_id.to_string(),
+                start,
+                direct,
+                file: None,
+                queue: VecDeque::new(),
+                draining: false,
+                failed: None,
+                broken: false,
+                spares: Vec::new(),
+                waiter: None,
+            })),
+            start,
+            offset: start,
+            early_writeback,
+            since_writeback: 0,
+        }
+    }
+
+    /// A buffer for bytes from file offset `offset` on: a spare one; else a full-sized one,
+    /// or for the append's first buffer one sized for the `first` chunk (at most
+    /// WRITE_BUFFER), so that a small body allocates little.
     fn buffer(&mut self, offset: u64, first: usize) -> WriteBuffer {
-        match self.spare.take() {
-            Some(mut b) if b.capacity() == WRITE_BUFFER => {
-                b.reset(offset);
-                b
-            }
-            _ if self.offset > self.start || self.in_flight.is_some() => {
-                WriteBuffer::new(WRITE_BUFFER, offset)
-            }
-            _ => {
-                let want = first.next_multiple_of(upload_file::ALIGN);
-                WriteBuffer::new(want.clamp(upload_file::ALIGN, WRITE_BUFFER), offset)
-            }
+        if let Some(mut b) = lock_writes(&self.shared).spares.pop() {
+            b.reset(offset);
+            return b;
         }
+        if self.offset > self.start {
+            return WriteBuffer::new(WRITE_BUFFER, offset);
+        }
+        let want = first.next_multiple_of(upload_file::ALIGN);
+        WriteBuffer::new(want.clamp(upload_file::ALIGN, WRITE_BUFFER), offset)
     }
 
-    /// Waits for the write in flight, if any, taking back the file and its buffer.
+    /// Waits until every queued write is done; the first failure among them, if any.
     async fn settle(&mut self) -> Result<()> {
-        if let Some(job) = self.in_flight.take() {
-            let (f, b) = job.await.map_err(join_error)??;
-            self.file = Some(f);
-            self.spare = Some(b);
-        }
-        Ok(())
+        std::future::poll_fn(|cx| {
+            let mut w = lock_writes(&self.shared);
+            if w.draining {
+                w.waiter = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            Poll::Ready(w.take_failure().map_or(Ok(()), Err))
+        })
+        .await
     }
 
-    /// Starts writing `buf` at the next offset once the write before it is done; `last`: no
-    /// more follow in this append.
+    /// Queues `buf` for the next offset, once there is room; `last`: no more follow in this
+    /// append.
     async fn write(&mut self, buf: WriteBuffer, last: bool) -> Result<()> {
-        self.settle().await?;
         self.since_writeback += buf.len();
         let writeback = self.early_writeback && self.since_writeback >= WRITEBACK_EVERY;
         if writeback {
             self.since_writeback = 0;
         }
-        let opened = self.file.take();
-        let (path, start, id) = (self.path.clone(), self.start, self.upload_id.clone());
         let offset = self.offset;
         self.offset += buf.len() as u64;
-        let direct = self.direct.clone();
-        self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            let mut f = match opened {
-                Some(f) => f,
-                // A body that is all in its first buffer goes through the page cache.
-                None => UploadFile::open_at(&path, start, &id, &direct, !last)?,
-            };
-            f.write_at(offset, buf.data(), &direct)?;
-            if writeback && let Some(page_cached) = f.page_cache_file() {
-                start_writeback(page_cached);
+        let mut buf = Some(buf);
+        std::future::poll_fn(|cx| {
+            let mut w = lock_writes(&self.shared);
+            if let Some(e) = w.take_failure() {
+                return Poll::Ready(Err(e));
             }
-            Ok((f, buf))
-        }));
-        Ok(())
+            if w.queue.len() >= WRITES_QUEUED {
+                w.waiter = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            w.queue.push_back(QueuedWrite {
+                buf: buf.take().expect("queued once"),
+                offset,
+                last,
+                writeback,
+            });
+            if !w.draining {
+                w.draining = true;
+                let shared = self.shared.clone();
+                tokio::task::spawn_blocking(move || drain_writes(shared));
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await
     }
 
     /// Waits for the last write. An append that wrote nothing still opens (and, for a
     /// session's first append, creates) the file, as a non-empty one would.
     async fn finish(&mut self) -> Result<()> {
         self.settle().await?;
-        if self.file.is_none() {
-            let (path, start, id) = (self.path.clone(), self.start, self.upload_id.clone());
-            let direct = self.direct.clone();
+        if self.offset == self.start {
+            let (path, id, direct) = {
+                let w = lock_writes(&self.shared);
+                (w.path.clone(), w.upload_id.clone(), w.direct.clone())
+            };
+            let start = self.start;
             tokio::task::spawn_blocking(move || {
                 UploadFile::open_at(&path, start, &id, &direct, false)
             })
@@ -213,6 +295,90 @@ impl UploadWriter {
             .map_err(join_error)??;
         }
         Ok(())
+    }
+}
+
+impl Drop for UploadWriter {
+    /// An append given up (a cancelled request) drops the writes not yet started: once the
+    /// caller releases the upload, a retry must not race stale writes into the same file.
+    fn drop(&mut self) {
+        lock_writes(&self.shared).queue.clear();
+    }
+}
+
+/// The writing job: performs queued writes in order until the queue is empty.
+fn drain_writes(shared: Arc<Mutex<Writes>>) {
+    let _drained = WritesDrained(&shared);
+    loop {
+        let (job, file, direct, open) = {
+            let mut w = lock_writes(&shared);
+            let Some(job) = w.queue.pop_front() else {
+                // Under the same lock as the check: a write queued after it must find no job
+                // running, and start one.
+                w.draining = false;
+                if let Some(waiter) = w.waiter.take() {
+                    waiter.wake();
+                }
+                return;
+            };
+            let file = w.file.take();
+            let open = file
+                .is_none()
+                .then(|| (w.path.clone(), w.upload_id.clone(), w.start));
+            (job, file, w.direct.clone(), open)
+        };
+        let written = (|| -> Result<UploadFile> {
+            let mut f = match (file, open) {
+                (Some(f), _) => f,
+                // A body that is all in its first buffer goes through the page cache.
+                (None, Some((path, id, start))) => {
+                    UploadFile::open_at(&path, start, &id, &direct, !job.last)?
+                }
+                (None, None) => unreachable!("opened when not held"),
+            };
+            f.write_at(job.offset, job.buf.data(), &direct)?;
+            if job.writeback
+                && let Some(page_cached) = f.page_cache_file()
+            {
+                start_writeback(page_cached);
+            }
+            Ok(f)
+        })();
+        let mut w = lock_writes(&shared);
+        match written {
+            Ok(f) => {
+                w.file = Some(f);
+                if job.buf.capacity() == WRITE_BUFFER && w.spares.len() < 2 {
+                    w.spares.push(job.buf);
+                }
+            }
+            Err(e) => {
+                w.failed.get_or_insert(e);
+                w.queue.clear();
+            }
+        }
+        if let Some(waiter) = w.waiter.take() {
+            waiter.wake();
+        }
+    }
+}
+
+/// Ends a writing job that panicked: the writer must not wait for it forever.
+struct WritesDrained<'a>(&'a Arc<Mutex<Writes>>);
+
+impl Drop for WritesDrained<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut w = lock_writes(self.0);
+        w.draining = false;
+        w.failed
+            .get_or_insert_with(|| StorageError::Io(io::Error::other("the writing job failed")));
+        w.queue.clear();
+        if let Some(waiter) = w.waiter.take() {
+            waiter.wake();
+        }
     }
 }
 
@@ -492,22 +658,17 @@ impl BlobStore for FsBlobStore {
         data: ChunkSource<'_>,
     ) -> Result<UploadPosition> {
         // The body is gathered into buffers of WRITE_BUFFER bytes (the first one sized to the
-        // first chunk, so a small body allocates little), and each full buffer is written by
-        // one blocking call while the next one fills (so receiving and hashing overlap with
-        // writing). The file is opened by the first of those calls: a small body costs one
+        // first chunk, so a small body allocates little), and full buffers are queued for the
+        // writing job while the next ones fill (so receiving and hashing overlap with
+        // writing). The file is opened by the job's first write: a small body costs one
         // hand-off to the blocking pool in all, not one per file operation.
-        let mut writer = UploadWriter {
-            path: self.upload_path(upload_id)?,
-            upload_id: upload_id.to_string(),
-            start: at.size,
-            offset: at.size,
-            direct: self.direct_writes.clone(),
-            early_writeback: self.durability == Durability::Strict,
-            since_writeback: 0,
-            file: None,
-            in_flight: None,
-            spare: None,
-        };
+        let mut writer = UploadWriter::new(
+            self.upload_path(upload_id)?,
+            upload_id,
+            at.size,
+            self.direct_writes.clone(),
+            self.durability == Durability::Strict,
+        );
         let mut pending: Option<WriteBuffer> = None;
         let mut size = at.size;
         while let Some(chunk) = data.next().await {
@@ -807,6 +968,72 @@ mod tests {
         }
         assert_eq!(std::fs::metadata(&file).unwrap().len(), 60);
         assert!(store.list_blobs(None, 10).await.unwrap().is_empty());
+    }
+
+    /// Appends of many write buffers, from offsets on and off the block size, in chunks of
+    /// odd sizes and with a receiver that pauses now and then: the writing job takes queued
+    /// buffers on its own, and every byte lands at its offset, in both durability modes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn multi_buffer_appends_keep_every_byte_in_place() {
+        for durability in [Durability::Strict, Durability::Relaxed] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = FsBlobStore::open(dir.path(), durability).await.unwrap();
+            let data: Vec<u8> = (0..7 * WRITE_BUFFER as u32 + 12_345)
+                .map(|i| (i % 253) as u8 ^ (i >> 16) as u8)
+                .collect();
+            let mut pos = store.create_upload("many").await.unwrap();
+            // The first append ends off the block size, so the next starts off it too.
+            for part in [&data[..1_000_003], &data[1_000_003..]] {
+                let chunks: Vec<io::Result<Bytes>> = part
+                    .chunks(100_003)
+                    .map(|c| Ok(Bytes::copy_from_slice(c)))
+                    .collect();
+                let slow = futures_util::stream::iter(chunks).then(|c| async move {
+                    if c.as_ref().is_ok_and(|c| c[0] % 5 == 0) {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                    c
+                });
+                let mut body = Box::pin(slow);
+                pos = store.append_upload("many", &pos, &mut body).await.unwrap();
+                store.sync_upload("many", &pos).await.unwrap();
+            }
+            assert_eq!(pos.size, data.len() as u64);
+            let on_disk = std::fs::read(dir.path().join("uploads").join("many")).unwrap();
+            assert!(
+                on_disk == data,
+                "{durability:?}: {} bytes differ",
+                on_disk.len()
+            );
+        }
+    }
+
+    /// A body that fails half way leaves no write running once the append has returned: the
+    /// next append (a retry) cuts the file to the recorded size and nothing lands after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_body_leaves_no_write_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path(), Durability::Relaxed)
+            .await
+            .unwrap();
+        let p0 = store.create_upload("broken").await.unwrap();
+        let mut chunks: Vec<io::Result<Bytes>> = (0..40)
+            .map(|i| Ok(Bytes::from(vec![i as u8; 256 * 1024])))
+            .collect();
+        chunks.push(Err(io::Error::new(io::ErrorKind::ConnectionReset, "gone")));
+        let mut body = futures_util::stream::iter(chunks);
+        assert!(store.append_upload("broken", &p0, &mut body).await.is_err());
+        let file = dir.path().join("uploads").join("broken");
+        let after_error = std::fs::metadata(&file).unwrap().len();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), after_error);
+        let mut retry = futures_util::stream::iter(vec![Ok(Bytes::from_static(b"again"))]);
+        let pos = store
+            .append_upload("broken", &p0, &mut retry)
+            .await
+            .unwrap();
+        assert_eq!(pos.size, 5);
+        assert_eq!(std::fs::read(&file).unwrap(), b"again");
     }
 
     #[tokio::test]
