@@ -298,11 +298,18 @@ impl UploadWriter {
     }
 }
 
+impl UploadWriter {
+    /// Drops the writes not yet started.
+    fn abandon(&mut self) {
+        lock_writes(&self.shared).queue.clear();
+    }
+}
+
 impl Drop for UploadWriter {
     /// An append given up (a cancelled request) drops the writes not yet started: once the
     /// caller releases the upload, a retry must not race stale writes into the same file.
     fn drop(&mut self) {
-        lock_writes(&self.shared).queue.clear();
+        self.abandon();
     }
 }
 
@@ -675,8 +682,10 @@ impl BlobStore for FsBlobStore {
             let chunk = match chunk {
                 Ok(chunk) => chunk,
                 Err(e) => {
-                    // Let the write in flight finish before the caller may release the
-                    // upload: a retry must not race a stale write into the same file.
+                    // Drop the queued writes (nobody records this append's position) and let
+                    // the one in flight finish before the caller may release the upload: a
+                    // retry must not race a stale write into the same file.
+                    writer.abandon();
                     writer.settle().await.ok();
                     return Err(e.into());
                 }
