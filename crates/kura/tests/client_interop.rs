@@ -1020,6 +1020,51 @@ fn per_registry_credential_helper_is_shared_with_skopeo() {
 
 const BIG_LAYER_MIB: usize = 96;
 
+/// A loopback TCP proxy to `target` (`host:port`) that passes at most `bytes_per_sec` in each
+/// direction of each connection; returns its own `127.0.0.1:port`. Its threads end with the
+/// test process, or with their connection.
+fn paced_proxy(target: &str, bytes_per_sec: u64) -> String {
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    fn pipe(mut from: TcpStream, mut to: TcpStream, bytes_per_sec: u64) {
+        let started = std::time::Instant::now();
+        let mut passed = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            passed += n as u64;
+            let due = Duration::from_secs_f64(passed as f64 / bytes_per_sec as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        to.shutdown(Shutdown::Write).ok();
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+    let addr = listener.local_addr().expect("proxy address").to_string();
+    let target = target.to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { break };
+            let Ok(server) = TcpStream::connect(&target) else {
+                break;
+            };
+            let (c2, s2) = (
+                client.try_clone().expect("clone"),
+                server.try_clone().expect("clone"),
+            );
+            std::thread::spawn(move || pipe(client, server, bytes_per_sec));
+            std::thread::spawn(move || pipe(s2, c2, bytes_per_sec));
+        }
+    });
+    addr
+}
+
 /// A layout tagged `v1` with one uncompressed tar layer holding `BIG_LAYER_MIB` MiB of random
 /// bytes, written in chunks (tar by GNU tar, hashing streamed).
 fn big_layout(work: &Path) -> PathBuf {
@@ -1149,12 +1194,15 @@ fn push_progress_bars_only_on_a_terminal() {
         );
     }
 
-    // On a terminal (another repository, so the blobs move again).
+    // On a terminal (another repository, so the blobs move again), through a proxy that
+    // paces the bytes: unpaced, the layer crossed loopback between two redraws (10 a second)
+    // and the bar was only ever drawn empty and then done.
+    let paced = paced_proxy(&srv.addr, 64 << 20);
     let command = format!(
         "stty cols 120 rows 40 2>/dev/null; exec {} push {} {}",
         sh_quote(env!("CARGO_BIN_EXE_kura")),
         sh_quote(&oci(&layout, "v1")),
-        sh_quote(&format!("{}/proj/tty:v1", srv.addr)),
+        sh_quote(&format!("{paced}/proj/tty:v1")),
     );
     let mut cmd = Command::new(tool("script"));
     cmd.args(["-qfec", &command, "/dev/null"]);
