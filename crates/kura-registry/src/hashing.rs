@@ -7,23 +7,18 @@
 //! and written: receiving, hashing and writing each get a core when there are cores to give.
 //! Small bodies stay in line, where a hand-off would cost more than the hash.
 //!
-//! Full batches go into a queue that one blocking job drains, taking the next batch itself as
-//! soon as it is done with one. The job must not wait for the stream to be polled again: the
-//! caller stops polling while it waits for its own writes, and a hasher that idled through
-//! every such wait made hashing and writing take turns instead of overlapping (a 1 GiB push
-//! at 650 MB/s against ~950 for either stage alone, BENCHMARKS.md session 13). The batches
-//! share the chunks' buffers (`Bytes` clones); the stream stops while [`QUEUED`] batches wait,
-//! so at most that many plus the one being hashed and the one filling are held.
+//! Full batches go into a [`SerialQueue`] whose job hashes them in order, taking the next
+//! batch itself as soon as it is done with one (why that matters is in its module doc). The
+//! batches share the chunks' buffers (`Bytes` clones); the stream stops while [`QUEUED`]
+//! batches wait, so at most that many plus the one being hashed and the one filling are held.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use kura_oci::Hasher;
-use kura_storage::ChunkSource;
+use kura_storage::{ChunkSource, SerialJob, SerialQueue};
 
 /// Bytes of a body hashed in line before batches start.
 const INLINE: u64 = 1024 * 1024;
@@ -32,30 +27,27 @@ const BATCH: usize = 1024 * 1024;
 /// Full batches that may wait for the hashing job before the stream stops.
 const QUEUED: usize = 4;
 
-/// What the stream and its hashing job share.
-struct Jobs {
-    /// `None` while the job holds it.
-    hasher: Option<Hasher>,
-    queue: VecDeque<Vec<Bytes>>,
-    /// A job is running and will take every batch queued before it sets this back.
-    draining: bool,
-    /// The job died (a panic) and took the hasher with it.
-    failed: bool,
-    /// The stream or `finish`, waiting for room in the queue or for the job to end.
-    waiter: Option<Waker>,
-}
+/// The hashing job's state.
+struct Hashes(Hasher);
 
-fn lock(jobs: &Mutex<Jobs>) -> MutexGuard<'_, Jobs> {
-    // A panic while the lock is held leaves nothing half-updated that the others rely on:
-    // the job records its own death through `Drained`.
-    jobs.lock().unwrap_or_else(|e| e.into_inner())
+impl SerialJob for Hashes {
+    type Item = Vec<Bytes>;
+    type Error = std::io::Error;
+    const WHAT: &'static str = "hashing";
+
+    fn run(&mut self, batch: Vec<Bytes>) -> std::io::Result<()> {
+        for c in &batch {
+            self.0.update(c);
+        }
+        Ok(())
+    }
 }
 
 /// A stream adapter that feeds every chunk passing through to a hasher; [`Hashing::finish`]
 /// gives the hasher back once the stream has ended.
 pub(crate) struct Hashing<'a> {
     inner: ChunkSource<'a>,
-    jobs: Arc<Mutex<Jobs>>,
+    batches: SerialQueue<Hashes>,
     /// A full batch the queue had no room for.
     ready: Option<Vec<Bytes>>,
     filling: Vec<Bytes>,
@@ -69,13 +61,7 @@ impl<'a> Hashing<'a> {
     pub(crate) fn new(inner: ChunkSource<'a>, hasher: Hasher) -> Hashing<'a> {
         Hashing {
             inner,
-            jobs: Arc::new(Mutex::new(Jobs {
-                hasher: Some(hasher),
-                queue: VecDeque::new(),
-                draining: false,
-                failed: false,
-                waiter: None,
-            })),
+            batches: SerialQueue::new(Hashes(hasher), QUEUED),
             ready: None,
             filling: Vec::new(),
             filling_len: 0,
@@ -93,113 +79,21 @@ impl<'a> Hashing<'a> {
             .flatten()
             .chain(std::mem::take(&mut self.filling))
             .collect();
-        {
-            let mut jobs = lock(&self.jobs);
-            if jobs.failed {
-                return Err(std::io::Error::other("the hashing job failed"));
-            }
-            let idle = !jobs.draining && jobs.queue.is_empty();
-            if idle && rest.iter().map(Bytes::len).sum::<usize>() <= BATCH / 4 {
-                if let Some(hasher) = jobs.hasher.as_mut() {
+        // A small rest is hashed here when the job is idle: a hand-off would cost more.
+        let small = rest.iter().map(Bytes::len).sum::<usize>() <= BATCH / 4;
+        let hashed = small
+            && self
+                .batches
+                .with_idle(|h| {
                     for c in &rest {
-                        hasher.update(c);
+                        h.0.update(c);
                     }
-                }
-            } else if !rest.is_empty() {
-                jobs.queue.push_back(rest);
-                start_draining(&self.jobs, &mut jobs);
-            }
+                })
+                .is_some();
+        if !hashed && !rest.is_empty() {
+            self.batches.push(rest).await?;
         }
-        std::future::poll_fn(|cx| {
-            let mut jobs = lock(&self.jobs);
-            if jobs.failed {
-                return Poll::Ready(Err(std::io::Error::other("the hashing job failed")));
-            }
-            if jobs.draining {
-                jobs.waiter = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
-            Poll::Ready(Ok(jobs.hasher.take().expect("no job holds the hasher")))
-        })
-        .await
-    }
-
-    /// Queues the ready batch if there is room; `Pending` (with the waker kept) if not.
-    fn poll_queue(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let Some(batch) = self.ready.take() else {
-            return Poll::Ready(Ok(()));
-        };
-        let mut jobs = lock(&self.jobs);
-        if jobs.failed {
-            return Poll::Ready(Err(std::io::Error::other("the hashing job failed")));
-        }
-        if jobs.queue.len() >= QUEUED {
-            jobs.waiter = Some(cx.waker().clone());
-            self.ready = Some(batch);
-            return Poll::Pending;
-        }
-        jobs.queue.push_back(batch);
-        start_draining(&self.jobs, &mut jobs);
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// Starts the job that drains the queue, unless one is running (it will see the new batch).
-fn start_draining(shared: &Arc<Mutex<Jobs>>, jobs: &mut Jobs) {
-    if jobs.draining {
-        return;
-    }
-    jobs.draining = true;
-    let shared = shared.clone();
-    tokio::task::spawn_blocking(move || drain(shared));
-}
-
-/// The hashing job: hashes queued batches in order until the queue is empty.
-fn drain(shared: Arc<Mutex<Jobs>>) {
-    let _drained = Drained(&shared);
-    loop {
-        let (batch, mut hasher) = {
-            let mut jobs = lock(&shared);
-            match jobs.queue.pop_front() {
-                Some(batch) => (batch, jobs.hasher.take().expect("one job at a time")),
-                None => {
-                    // Under the same lock as the check: a batch queued after it must find
-                    // no job running, and start one.
-                    jobs.draining = false;
-                    if let Some(w) = jobs.waiter.take() {
-                        w.wake();
-                    }
-                    return;
-                }
-            }
-        };
-        for c in &batch {
-            hasher.update(c);
-        }
-        drop(batch);
-        let mut jobs = lock(&shared);
-        jobs.hasher = Some(hasher);
-        if let Some(w) = jobs.waiter.take() {
-            w.wake();
-        }
-    }
-}
-
-/// Ends a hashing job that panicked: the waiter must not wait for it forever.
-struct Drained<'a>(&'a Arc<Mutex<Jobs>>);
-
-impl Drop for Drained<'_> {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let mut jobs = lock(self.0);
-        jobs.draining = false;
-        jobs.failed = true;
-        jobs.queue.clear();
-        if let Some(w) = jobs.waiter.take() {
-            w.wake();
-        }
+        Ok(self.batches.finish().await?.0)
     }
 }
 
@@ -209,7 +103,7 @@ impl Stream for Hashing<'_> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         // No more data while a full batch waits for room: that is the bound on what is held.
-        match this.poll_queue(cx) {
+        match this.batches.poll_push(cx, &mut this.ready) {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
             Poll::Pending => return Poll::Pending,
@@ -219,11 +113,9 @@ impl Stream for Hashing<'_> {
                 this.seen += chunk.len() as u64;
                 this.in_line &= this.seen <= INLINE;
                 if this.in_line {
-                    lock(&this.jobs)
-                        .hasher
-                        .as_mut()
-                        .expect("no job before the first batch")
-                        .update(&chunk);
+                    this.batches
+                        .with_idle(|h| h.0.update(&chunk))
+                        .expect("no job before the first batch");
                 } else {
                     this.filling_len += chunk.len();
                     this.filling.push(chunk.clone());
@@ -231,7 +123,7 @@ impl Stream for Hashing<'_> {
                         this.filling_len = 0;
                         this.ready = Some(std::mem::take(&mut this.filling));
                         // Queued now if there is room; else the next poll waits for it.
-                        if let Poll::Ready(Err(e)) = this.poll_queue(cx) {
+                        if let Poll::Ready(Err(e)) = this.batches.poll_push(cx, &mut this.ready) {
                             return Poll::Ready(Some(Err(e)));
                         }
                     }

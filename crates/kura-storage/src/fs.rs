@@ -18,12 +18,10 @@
 //! either wholly visible or absent. With strict durability the data file and both directories
 //! are fsync'ed before the commit returns.
 
-use std::collections::VecDeque;
 use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Poll, Waker};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -34,8 +32,8 @@ use tokio::fs;
 use crate::cached_io;
 use crate::upload_file::{self, UploadFile, WriteBuffer};
 use crate::{
-    BlobStore, ByteRange, ByteStream, ChunkSource, Durability, Result, StorageError, StoredObject,
-    UploadPosition,
+    BlobStore, ByteRange, ByteStream, ChunkSource, Durability, Result, SerialJob, SerialQueue,
+    StorageError, StoredObject, UploadPosition,
 };
 
 /// Read buffer for streaming blobs out: large enough to keep syscalls per GiB low.
@@ -127,13 +125,16 @@ async fn sorted_entries(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// The writing half of [`FsBlobStore::append_upload`]: full buffers go into a queue that one
-/// blocking job drains in order, opening the file with its first write and handing buffers
-/// back for reuse. The receiver waits only when [`WRITES_QUEUED`] buffers are already waiting:
-/// with one write in flight at a time and the receiver waiting for it, receiving, hashing and
-/// writing took turns (BENCHMARKS.md, session 13).
+/// The writing half of [`FsBlobStore::append_upload`]: full buffers go into a
+/// [`SerialQueue`] whose job writes them in order, opening the file with its first write and
+/// handing buffers back for reuse. The receiver waits only when [`WRITES_QUEUED`] buffers are
+/// already waiting: with one write in flight at a time and the receiver waiting for it,
+/// receiving, hashing and writing took turns (BENCHMARKS.md, session 13). Dropping the writer
+/// (a cancelled append) drops the writes not yet started.
 struct UploadWriter {
-    shared: Arc<Mutex<Writes>>,
+    writes: SerialQueue<FileWrites>,
+    /// Buffers the writing job is done with.
+    spares: Arc<Mutex<Vec<WriteBuffer>>>,
     /// The recorded position the append started from (where the file is cut when opened).
     start: u64,
     /// Where the next buffer goes.
@@ -144,23 +145,17 @@ struct UploadWriter {
 
 /// Full buffers that may wait for the writing job before the receiver stops.
 const WRITES_QUEUED: usize = 2;
+/// Buffers kept for reuse: one filling while [`WRITES_QUEUED`] wait needs no more.
+const SPARES: usize = 2;
 
-/// What an [`UploadWriter`] and its writing job share.
-struct Writes {
+/// The writing job's state: the upload file, opened by the first write.
+struct FileWrites {
     path: PathBuf,
     upload_id: String,
     start: u64,
     direct: Arc<AtomicBool>,
-    /// `None` until the first write opens it, and while the job holds it.
     file: Option<UploadFile>,
-    queue: VecDeque<QueuedWrite>,
-    draining: bool,
-    /// The first write that failed; the writes queued after it were dropped.
-    failed: Option<StorageError>,
-    /// Set once `failed` was handed out, so later calls fail too.
-    broken: bool,
-    spares: Vec<WriteBuffer>,
-    waiter: Option<Waker>,
+    spares: Arc<Mutex<Vec<WriteBuffer>>>,
 }
 
 struct QueuedWrite {
@@ -170,19 +165,41 @@ struct QueuedWrite {
     writeback: bool,
 }
 
-fn lock_writes(w: &Mutex<Writes>) -> MutexGuard<'_, Writes> {
-    w.lock().unwrap_or_else(|e| e.into_inner())
+impl SerialJob for FileWrites {
+    type Item = QueuedWrite;
+    type Error = StorageError;
+    const WHAT: &'static str = "writing";
+
+    fn run(&mut self, job: QueuedWrite) -> Result<()> {
+        let file = match &mut self.file {
+            Some(f) => f,
+            // A body that is all in its first buffer goes through the page cache.
+            None => self.file.insert(UploadFile::open_at(
+                &self.path,
+                self.start,
+                &self.upload_id,
+                &self.direct,
+                !job.last,
+            )?),
+        };
+        file.write_at(job.offset, job.buf.data(), &self.direct)?;
+        if job.writeback
+            && let Some(page_cached) = file.page_cache_file()
+        {
+            start_writeback(page_cached);
+        }
+        if job.buf.capacity() == WRITE_BUFFER {
+            let mut spares = lock_spares(&self.spares);
+            if spares.len() < SPARES {
+                spares.push(job.buf);
+            }
+        }
+        Ok(())
+    }
 }
 
-impl Writes {
-    fn take_failure(&mut self) -> Option<StorageError> {
-        if let Some(e) = self.failed.take() {
-            self.broken = true;
-            return Some(e);
-        }
-        self.broken
-            .then(|| StorageError::Io(io::Error::other("an earlier write of this append failed")))
-    }
+fn lock_spares(spares: &Mutex<Vec<WriteBuffer>>) -> MutexGuard<'_, Vec<WriteBuffer>> {
+    spares.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl UploadWriter {
@@ -193,20 +210,18 @@ impl UploadWriter {
         direct: Arc<AtomicBool>,
         early_writeback: bool,
     ) -> UploadWriter {
+        let spares = Arc::new(Mutex::new(Vec::new()));
+        let file = FileWrites {
+            path,
+            upload_id: upload_id.to_string(),
+            start,
+            direct,
+            file: None,
+            spares: spares.clone(),
+        };
         UploadWriter {
-            shared: Arc::new(Mutex::new(Writes {
-                path,
-                upload_id: upload_id.to_string(),
-                start,
-                direct,
-                file: None,
-                queue: VecDeque::new(),
-                draining: false,
-                failed: None,
-                broken: false,
-                spares: Vec::new(),
-                waiter: None,
-            })),
+            writes: SerialQueue::new(file, WRITES_QUEUED),
+            spares,
             start,
             offset: start,
             early_writeback,
@@ -218,7 +233,7 @@ impl UploadWriter {
     /// or for the append's first buffer one sized for the `first` chunk (at most
     /// WRITE_BUFFER), so that a small body allocates little.
     fn buffer(&mut self, offset: u64, first: usize) -> WriteBuffer {
-        if let Some(mut b) = lock_writes(&self.shared).spares.pop() {
+        if let Some(mut b) = lock_spares(&self.spares).pop() {
             b.reset(offset);
             return b;
         }
@@ -227,19 +242,6 @@ impl UploadWriter {
         }
         let want = first.next_multiple_of(upload_file::ALIGN);
         WriteBuffer::new(want.clamp(upload_file::ALIGN, WRITE_BUFFER), offset)
-    }
-
-    /// Waits until every queued write is done; the first failure among them, if any.
-    async fn settle(&mut self) -> Result<()> {
-        std::future::poll_fn(|cx| {
-            let mut w = lock_writes(&self.shared);
-            if w.draining {
-                w.waiter = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
-            Poll::Ready(w.take_failure().map_or(Ok(()), Err))
-        })
-        .await
     }
 
     /// Queues `buf` for the next offset, once there is room; `last`: no more follow in this
@@ -252,140 +254,37 @@ impl UploadWriter {
         }
         let offset = self.offset;
         self.offset += buf.len() as u64;
-        let mut buf = Some(buf);
-        std::future::poll_fn(|cx| {
-            let mut w = lock_writes(&self.shared);
-            if let Some(e) = w.take_failure() {
-                return Poll::Ready(Err(e));
-            }
-            if w.queue.len() >= WRITES_QUEUED {
-                w.waiter = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
-            w.queue.push_back(QueuedWrite {
-                buf: buf.take().expect("queued once"),
+        self.writes
+            .push(QueuedWrite {
+                buf,
                 offset,
                 last,
                 writeback,
-            });
-            if !w.draining {
-                w.draining = true;
-                let shared = self.shared.clone();
-                tokio::task::spawn_blocking(move || drain_writes(shared));
-            }
-            Poll::Ready(Ok(()))
-        })
-        .await
+            })
+            .await
+    }
+
+    /// Drops the queued writes (nobody records this append's position) and waits for the one
+    /// in flight: once the caller releases the upload, a retry must not race a stale write
+    /// into the same file.
+    async fn abandon(self) {
+        self.writes.clear();
+        self.writes.settle().await.ok();
     }
 
     /// Waits for the last write. An append that wrote nothing still opens (and, for a
     /// session's first append, creates) the file, as a non-empty one would.
-    async fn finish(&mut self) -> Result<()> {
-        self.settle().await?;
-        if self.offset == self.start {
-            let (path, id, direct) = {
-                let w = lock_writes(&self.shared);
-                (w.path.clone(), w.upload_id.clone(), w.direct.clone())
-            };
-            let start = self.start;
+    async fn finish(self) -> Result<()> {
+        let done = self.writes.finish().await?;
+        if done.file.is_none() {
             tokio::task::spawn_blocking(move || {
-                UploadFile::open_at(&path, start, &id, &direct, false)
+                UploadFile::open_at(&done.path, done.start, &done.upload_id, &done.direct, false)
+                    .map(drop)
             })
             .await
             .map_err(join_error)??;
         }
         Ok(())
-    }
-}
-
-impl UploadWriter {
-    /// Drops the writes not yet started.
-    fn abandon(&mut self) {
-        lock_writes(&self.shared).queue.clear();
-    }
-}
-
-impl Drop for UploadWriter {
-    /// An append given up (a cancelled request) drops the writes not yet started: once the
-    /// caller releases the upload, a retry must not race stale writes into the same file.
-    fn drop(&mut self) {
-        self.abandon();
-    }
-}
-
-/// The writing job: performs queued writes in order until the queue is empty.
-fn drain_writes(shared: Arc<Mutex<Writes>>) {
-    let _drained = WritesDrained(&shared);
-    loop {
-        let (job, file, direct, open) = {
-            let mut w = lock_writes(&shared);
-            let Some(job) = w.queue.pop_front() else {
-                // Under the same lock as the check: a write queued after it must find no job
-                // running, and start one.
-                w.draining = false;
-                if let Some(waiter) = w.waiter.take() {
-                    waiter.wake();
-                }
-                return;
-            };
-            let file = w.file.take();
-            let open = file
-                .is_none()
-                .then(|| (w.path.clone(), w.upload_id.clone(), w.start));
-            (job, file, w.direct.clone(), open)
-        };
-        let written = (|| -> Result<UploadFile> {
-            let mut f = match (file, open) {
-                (Some(f), _) => f,
-                // A body that is all in its first buffer goes through the page cache.
-                (None, Some((path, id, start))) => {
-                    UploadFile::open_at(&path, start, &id, &direct, !job.last)?
-                }
-                (None, None) => unreachable!("opened when not held"),
-            };
-            f.write_at(job.offset, job.buf.data(), &direct)?;
-            if job.writeback
-                && let Some(page_cached) = f.page_cache_file()
-            {
-                start_writeback(page_cached);
-            }
-            Ok(f)
-        })();
-        let mut w = lock_writes(&shared);
-        match written {
-            Ok(f) => {
-                w.file = Some(f);
-                if job.buf.capacity() == WRITE_BUFFER && w.spares.len() < 2 {
-                    w.spares.push(job.buf);
-                }
-            }
-            Err(e) => {
-                w.failed.get_or_insert(e);
-                w.queue.clear();
-            }
-        }
-        if let Some(waiter) = w.waiter.take() {
-            waiter.wake();
-        }
-    }
-}
-
-/// Ends a writing job that panicked: the writer must not wait for it forever.
-struct WritesDrained<'a>(&'a Arc<Mutex<Writes>>);
-
-impl Drop for WritesDrained<'_> {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let mut w = lock_writes(self.0);
-        w.draining = false;
-        w.failed
-            .get_or_insert_with(|| StorageError::Io(io::Error::other("the writing job failed")));
-        w.queue.clear();
-        if let Some(waiter) = w.waiter.take() {
-            waiter.wake();
-        }
     }
 }
 
@@ -682,11 +581,7 @@ impl BlobStore for FsBlobStore {
             let chunk = match chunk {
                 Ok(chunk) => chunk,
                 Err(e) => {
-                    // Drop the queued writes (nobody records this append's position) and let
-                    // the one in flight finish before the caller may release the upload: a
-                    // retry must not race a stale write into the same file.
-                    writer.abandon();
-                    writer.settle().await.ok();
+                    writer.abandon().await;
                     return Err(e.into());
                 }
             };

@@ -11,6 +11,7 @@ mod cached_io;
 pub mod conformance;
 pub mod fs;
 pub mod s3;
+pub mod serial_queue;
 mod upload_file;
 
 use std::io;
@@ -23,6 +24,7 @@ use kura_oci::Digest;
 
 pub use fs::FsBlobStore;
 pub use s3::{S3BlobStore, S3Config};
+pub use serial_queue::{SerialJob, SerialQueue};
 
 /// A stream of bytes read from or written to storage.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
