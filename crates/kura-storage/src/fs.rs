@@ -145,7 +145,8 @@ struct UploadWriter {
 
 /// Full buffers that may wait for the writing job before the receiver stops.
 const WRITES_QUEUED: usize = 2;
-/// Buffers kept for reuse: one filling while [`WRITES_QUEUED`] wait needs no more.
+/// Written buffers kept for reuse, as many as may wait in the queue: the receiver then finds
+/// a spare in the steady state, and more would only hold memory.
 const SPARES: usize = 2;
 
 /// The writing job's state: the upload file, opened by the first write.
