@@ -36,10 +36,16 @@ impl SerialJob for Hashes {
     const WHAT: &'static str = "hashing";
 
     fn run(&mut self, batch: Vec<Bytes>) -> std::io::Result<()> {
-        for c in &batch {
+        self.feed(&batch);
+        Ok(())
+    }
+}
+
+impl Hashes {
+    fn feed(&mut self, chunks: &[Bytes]) {
+        for c in chunks {
             self.0.update(c);
         }
-        Ok(())
     }
 }
 
@@ -52,9 +58,8 @@ pub(crate) struct Hashing<'a> {
     ready: Option<Vec<Bytes>>,
     filling: Vec<Bytes>,
     filling_len: usize,
+    /// Bytes passed so far; while at most [`INLINE`], every one was hashed in line.
     seen: u64,
-    /// Every byte so far was hashed in line (no batch was ever formed).
-    in_line: bool,
 }
 
 impl<'a> Hashing<'a> {
@@ -66,7 +71,6 @@ impl<'a> Hashing<'a> {
             filling: Vec::new(),
             filling_len: 0,
             seen: 0,
-            in_line: true,
         }
     }
 
@@ -81,15 +85,7 @@ impl<'a> Hashing<'a> {
             .collect();
         // A small rest is hashed here when the job is idle: a hand-off would cost more.
         let small = rest.iter().map(Bytes::len).sum::<usize>() <= BATCH / 4;
-        let hashed = small
-            && self
-                .batches
-                .with_idle(|h| {
-                    for c in &rest {
-                        h.0.update(c);
-                    }
-                })
-                .is_some();
+        let hashed = small && self.batches.with_idle(|h| h.feed(&rest)).is_some();
         if !hashed && !rest.is_empty() {
             self.batches.push(rest).await?;
         }
@@ -111,8 +107,7 @@ impl Stream for Hashing<'_> {
         match this.inner.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 this.seen += chunk.len() as u64;
-                this.in_line &= this.seen <= INLINE;
-                if this.in_line {
+                if this.seen <= INLINE {
                     this.batches
                         .with_idle(|h| h.0.update(&chunk))
                         .expect("no job before the first batch");
